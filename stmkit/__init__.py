@@ -1,0 +1,3 @@
+"""stmkit: reproduce and teach Selective Token Masking (arXiv 2501.14315)."""
+
+__version__ = "0.1.0"

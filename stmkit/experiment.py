@@ -1,0 +1,178 @@
+"""What every notebook does first and last: resolve the profile, seed, find its run folder, record run.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .cache import atomic_write_json, atomic_write_text
+from .config import Profile, load_profile
+from .runinfo import RunRecord
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def results_root(profile_name: str, results_dir: str | os.PathLike | None = None) -> Path:
+    """results/<profile> (or $STMKIT_RESULTS/<profile>, or an explicit folder)."""
+    if results_dir:
+        return Path(results_dir)
+    base = os.environ.get("STMKIT_RESULTS")
+    root = Path(base) if base else (REPO_ROOT / "results" if (REPO_ROOT / "pyproject.toml").is_file() else Path("results"))
+    return root / profile_name
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (transformers.set_seed does all three)."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+@dataclass
+class Run:
+    """One executed stage of one configuration: its profile, folder, record and lazily loaded model."""
+
+    profile: Profile
+    name: str
+    stage: str
+    root: Path  # results/<profile>
+    key: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def dir(self) -> Path:
+        return self.root / "runs" / self.name
+
+    @cached_property
+    def record(self) -> RunRecord:
+        return RunRecord(self.dir, self.profile, self.stage, self.name, {"seed": self.profile.seed})
+
+    @cached_property
+    def model_and_tokenizer(self) -> tuple[Any, Any]:
+        from .models import load_model
+
+        m = self.profile.model
+        with self.record.timed("load_model"):
+            return load_model(m.name, m.device, m.dtype, m.revision)
+
+    @property
+    def model(self) -> Any:
+        return self.model_and_tokenizer[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model_and_tokenizer[1]
+
+    @cached_property
+    def model_fingerprint(self) -> str:
+        from .models import fingerprint
+
+        return fingerprint(self.profile.model.name)
+
+    def describe(self) -> str:
+        return json.dumps(
+            {"run": self.name, "stage": self.stage, "folder": str(self.dir), "config": self.profile.to_dict()},
+            indent=2,
+            default=str,
+        )
+
+    def save_json(self, name: str, obj: Any) -> Path:
+        path = self.dir / name
+        atomic_write_json(path, obj)
+        return path
+
+    def save_text(self, name: str, text: str) -> Path:
+        path = self.dir / name
+        atomic_write_text(path, text)
+        return path
+
+    def save_figure(self, fig: Any, name: str) -> list[Path]:
+        """PNG + PDF under the run folder's figures/ (the figures notebook gathers them for the profile)."""
+        from .plots import save_figure
+
+        return save_figure(fig, name, self.dir / "figures")
+
+    def save_table(self, df: Any, name: str, caption: str = "") -> list[Path]:
+        """CSV + Markdown under the run folder's tables/."""
+        from .tables import save_table
+
+        return save_table(df, name, self.dir / "tables", caption)
+
+    def target_examples(self, split: str = "train", n: int | None = None) -> list[Any]:
+        """Items of the profile's target task: data.n_train for train, data.n_val for validation."""
+        from .tasks import load
+
+        d = self.profile.data
+        if n is None:
+            n = {"train": d.n_train, "validation": d.n_val}.get(split, self.profile.eval.n_items)
+        return load(d.target, split, n, d.source)
+
+    def score(self, examples: list[Any], label: str = "ground_truth") -> list[Any]:
+        """Token log-probs of the examples' responses under the profile's model (cached by content)."""
+        from .scoring import score_examples
+
+        c = self.profile.scoring
+        with self.record.timed(f"score_{label}"):
+            scored, key = score_examples(
+                self.model, self.tokenizer, examples, model_fingerprint=self.model_fingerprint,
+                max_length=self.profile.data.max_length, batch_size=c.batch_size,
+                max_tokens_per_batch=c.max_tokens_per_batch,
+            )
+        self.record.key(f"scores_{label}", key)
+        return scored
+
+    def generated_sets(self, run_name: str = "generate") -> dict[str, list[Any]]:
+        """Self-Output and Rephrase training sets made by 03_generate_data for this profile, if it has run."""
+        from .tasks import Example
+
+        path = self.root / "runs" / run_name / "run.json"
+        if not path.is_file():
+            print(f"(no generated data yet: {path} is missing; run 03_generate_data for Self-Output/Rephrase rows)")
+            return {}
+        sets = json.loads(path.read_text())["results"].get("sets", {})
+        out = {}
+        for label, file in sets.items():
+            with open(file) as f:
+                out[label] = [Example.from_dict(json.loads(line)) for line in f if line.strip()]
+        return out
+
+    def load_run(self, name: str) -> dict[str, Any]:
+        """run.json of another run of the same profile (an upstream stage); a clear error if it has not run."""
+        path = self.root / "runs" / name / "run.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"run '{name}' has no {path}; run its notebook first (or `make reproduce PROFILE={self.profile.name}`)"
+            )
+        return json.loads(path.read_text())
+
+    def finish(self, **results: Any) -> Path:
+        """Record results and total time, and write run.json (the run's completion marker) atomically."""
+        for k, v in results.items():
+            self.record.result(k, v)
+        self.record.data["run_key"] = self.key
+        self.record.data["timings_s"]["total"] = round(time.perf_counter() - self.started, 3)
+        return self.record.write()
+
+
+def start(
+    stage: str,
+    profile: str = "cpu-demo",
+    overrides: str = "",
+    run_name: str = "",
+    results_dir: str = "",
+    run_key: str = "",
+) -> Run:
+    """Resolve and validate the profile, seed everything, and prepare the run folder."""
+    prof = load_profile(profile, overrides or None)
+    seed_everything(prof.seed)
+    run = Run(prof, run_name or stage, stage, results_root(prof.name, results_dir), run_key)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    stale = run.dir / "run.json"
+    if stale.exists():  # the completion marker is rewritten only when this run finishes
+        stale.unlink()
+    return run

@@ -1,0 +1,132 @@
+"""Task objects: how to load a benchmark (embedded or Hugging Face) and how its items are split."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .base import SPLITS, Example, carve
+
+SPLITS_DIR = Path(__file__).resolve().parent.parent / "data" / "splits"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark: name, kind, where its data comes from, and how it is split."""
+
+    name: str
+    kind: str  # "generate" (free text, checked), "mc" (multiple choice), "sql"
+    title: str
+    embedded: Callable[[], list[Example]] | None  # every shipped item, in file order
+    split_sizes: dict[str, int] = field(default_factory=dict)  # carve sizes (train, validation, test)
+    shipped_splits: Callable[[], dict[str, list[Example]]] | None = None  # when the package ships several
+    from_hub: Callable[[dict[str, Any]], Example] | None = None
+    hub: tuple[str, str | None] | None = None  # (dataset id, config) of the paper's data
+    hub_splits: dict[str, str] = field(default_factory=dict)  # our split name -> hub split name
+    note: str = ""
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    """The registered task called name (case-insensitive)."""
+    from . import arc, gsm8k, math, mbpp, mc  # noqa: F401  (modules register themselves)
+
+    key = name.lower().replace("-", "_")
+    if key not in TASKS:
+        raise KeyError(f"unknown task '{name}' (tasks: {', '.join(sorted(TASKS))})")
+    return TASKS[key]
+
+
+def compute_splits(task: Task) -> dict[str, list[str]]:
+    """Carve the shipped items into train/validation/test ids (the rule documented in the README)."""
+    if task.shipped_splits is not None:
+        shipped = task.shipped_splits()
+        out = {name: [e.id for e in items] for name, items in shipped.items()}
+        if "test" in out and "train" not in out:
+            part = carve(task.name, out["test"], task.split_sizes)
+            out.update(part)
+        return {k: out[k] for k in SPLITS if k in out}
+    ids = [e.id for e in task.embedded()]
+    return carve(task.name, ids, task.split_sizes)
+
+
+@cache
+def committed_splits(task_name: str) -> dict[str, list[str]]:
+    """The split ids committed in stmkit/data/splits/<task>.json (regenerate with `stmkit splits`)."""
+    path = SPLITS_DIR / f"{task_name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run `stmkit splits` to regenerate the split files")
+    return json.loads(path.read_text())["splits"]
+
+
+@cache
+def _embedded_by_id(task_name: str) -> dict[str, Example]:
+    task = get_task(task_name)
+    if task.shipped_splits is not None:
+        return {e.id: e for items in task.shipped_splits().values() for e in items}
+    return {e.id: e for e in task.embedded()}
+
+
+def load(task_name: str, split: str = "test", n: int = 0, source: str = "embedded") -> list[Example]:
+    """The first n items (0 = all) of a task's split, from the embedded files or the Hugging Face hub."""
+    task = get_task(task_name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}' for task {task.name} (splits: {', '.join(SPLITS)})")
+    if source == "hf":
+        items = load_hub(task, split)
+    elif source == "embedded":
+        by_id = _embedded_by_id(task.name)
+        ids = committed_splits(task.name).get(split)
+        if ids is None:
+            raise ValueError(f"task {task.name} has no {split} split in the embedded data")
+        items = [by_id[i] for i in ids]
+    else:
+        raise ValueError(f"unknown data source '{source}' (use 'embedded' or 'hf')")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n and n > len(items):
+        raise ValueError(f"asked for {n} items of {task.name}/{split}, which has only {len(items)}")
+    return items[:n] if n else items
+
+
+def convert_rows(task: Task, rows: Iterable[dict[str, Any]], where: str) -> list[Example]:
+    """Hub-schema rows -> Examples; a malformed row is an error naming it."""
+    if task.from_hub is None:
+        raise ValueError(f"task {task.name} has no Hugging Face loader")
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append(task.from_hub(row))
+        except KeyError as exc:
+            raise ValueError(f"{where} row {i} has no field {exc} (expected the hub schema of {task.hub[0]})") from exc
+    return out
+
+
+def load_hub(task: Task, split: str) -> list[Example]:
+    """The paper's Hugging Face dataset for a task (needs the hub or a local HF_DATASETS cache)."""
+    import datasets
+
+    if task.hub is None:
+        raise ValueError(f"task {task.name} has no Hugging Face dataset; use source 'embedded'")
+    hub_id, config = task.hub
+    hub_split = task.hub_splits.get(split, split)
+    try:
+        ds = datasets.load_dataset(hub_id, config, split=hub_split)
+    except Exception as exc:  # offline, gated or missing: say how to provide it
+        raise RuntimeError(
+            f"could not load {hub_id} ({config}) split {hub_split} ({type(exc).__name__}: {exc}). Offline? Download "
+            "it where there is network (`datasets.load_dataset(...)`) and point HF_HOME/HF_DATASETS_CACHE at that "
+            "cache, or use the embedded data (data.source: embedded)"
+        ) from exc
+    return convert_rows(task, ds, f"{hub_id}/{hub_split}")

@@ -1,0 +1,99 @@
+"""Masking rules: which tokens each rule masks, labels TRL can use, and no silent drops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stmkit.masking import IGNORE, compute_masks, mask_dataset, masked_share_curve, tau_to_probability
+from stmkit.scoring import Scored
+
+
+def scored(item_id, ppls, prompt_len=3):
+    ppls = np.asarray(ppls, dtype=float)
+    n = len(ppls)
+    return Scored(item_id, list(range(100, 100 + prompt_len + n)), prompt_len, (-np.log(ppls)).tolist())
+
+
+DATA = [scored("a", [1.0, 3.0, 1.2, 10.0, 2.4]), scored("b", [5.0, 1.1, 1.1, 2.6]), scored("c", [9.0, 8.0])]
+
+
+def test_tau_as_probability():
+    assert tau_to_probability(2.5) == pytest.approx(0.4)
+    assert tau_to_probability(math.inf) == 0.0
+
+
+def test_threshold_masks_tokens_above_tau_only_in_the_response():
+    res = mask_dataset(DATA, "threshold", tau=2.5)
+    assert res.masks[0].tolist() == [False, True, False, True, False]
+    lab = res.labels[0]
+    assert lab[:3] == [IGNORE] * 3  # prompt never trained
+    assert lab[3:] == [103, IGNORE, 105, IGNORE, 107]
+    assert res.stats["masked_tokens"] == 2 + 2 + 2 and res.stats["response_tokens"] == 11
+
+
+def test_tau_must_exceed_one_and_inf_masks_nothing():
+    with pytest.raises(ValueError, match="tau must be > 1"):
+        compute_masks(DATA, "threshold", tau=1.0)
+    assert all(not m.any() for m in compute_masks(DATA, "threshold", tau=math.inf))
+
+
+def test_low_is_the_complement_except_ties():
+    hi = compute_masks(DATA, "threshold", tau=2.5)
+    lo = compute_masks(DATA, "low", tau=2.5)
+    for h, low in zip(hi, lo, strict=True):
+        assert not (h & low).any() and (h | low).all()
+
+
+def test_random_matches_counts_per_example_without_replacement_and_is_seeded():
+    hi = compute_masks(DATA, "threshold", tau=2.5)
+    r1 = compute_masks(DATA, "random", tau=2.5, seed=1)
+    r2 = compute_masks(DATA, "random", tau=2.5, seed=1)
+    r3 = compute_masks(DATA * 20, "random", tau=2.5, seed=2)
+    for h, a, b in zip(hi, r1, r2, strict=True):
+        assert a.sum() == h.sum() and (a == b).all()
+    assert any((a != b).any() for a, b in zip(compute_masks(DATA * 20, "random", tau=2.5, seed=1), r3, strict=True))
+
+
+def test_random_draws_uniformly_over_response_positions():
+    data = [scored(f"x{i}", [1.0] * 9 + [9.0]) for i in range(3000)]
+    masks = compute_masks(data, "random", tau=2.5, seed=0)
+    freq = np.mean([m for m in masks], axis=0)
+    assert np.allclose(freq, 0.1, atol=0.02)
+
+
+def test_quantile_masks_exactly_the_top_share():
+    masks = compute_masks(DATA, "quantile", quantile=3 / 11)
+    flat = np.concatenate([s.ppl for s in DATA])
+    chosen = np.concatenate(masks)
+    assert chosen.sum() == 3
+    assert set(np.round(flat[chosen], 6)) == {10.0, 9.0, 8.0}
+
+
+def test_fully_masked_example_keeps_its_eos_or_is_dropped_and_counted():
+    keep = mask_dataset(DATA, "threshold", tau=2.5, fully_masked="keep_eos")
+    assert keep.stats["examples_fully_masked"] == 1 and keep.stats["examples_out"] == 3
+    c = keep.labels[keep.ids.index("c")]
+    assert [x for x in c if x != IGNORE] == [DATA[2].input_ids[-1]]
+    drop = mask_dataset(DATA, "threshold", tau=2.5, fully_masked="drop")
+    assert drop.dropped == ["c"] and drop.stats["examples_dropped"] == 1 and drop.stats["examples_in"] == 3
+
+
+def test_dpf_and_stm_dpf_use_the_adapter_scores():
+    tuned = [scored("a", [1.0, 9.0, 1.2, 10.0, 1.0]), scored("b", [5.0, 1.1, 4.0, 2.6]), scored("c", [9.0, 8.0])]
+    dpf = compute_masks(DATA, "dpf", tau=2.5, adapter_scored=tuned)
+    assert dpf[0].tolist() == [False, True, False, False, False]  # 9 - 3 = 6 > 2.5
+    both = compute_masks(DATA, "stm+dpf", tau=2.5, adapter_scored=tuned)
+    assert both[1].tolist() == [True, False, True, True]  # 5 > tau, 4 - 1.1 > 0, 2.6 > tau
+    with pytest.raises(ValueError, match="adapter"):
+        compute_masks(DATA, "dpf")
+
+
+def test_dataset_for_trl_and_share_curve():
+    res = mask_dataset(DATA, "threshold", tau=2.5)
+    ds = res.to_dataset()
+    assert ds.column_names == ["id", "input_ids", "labels"] and len(ds) == 3
+    curve = masked_share_curve(DATA, [1.5, 2.5, 1000])
+    assert curve[1]["masked_share"] == pytest.approx(6 / 11) and curve[2]["masked_share"] == 0.0

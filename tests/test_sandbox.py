@@ -1,0 +1,333 @@
+"""The sandbox contains hostile programs and SQL: each is scored as a failure, and the test process is untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from stmkit import sandbox
+
+IS_ROOT = os.geteuid() == 0
+root_only = pytest.mark.skipif(
+    not IS_ROOT, reason="privilege drop to nobody only happens when the kit runs as root"
+)
+
+
+@pytest.fixture(scope="module")
+def protected_dir():
+    """A root-owned 0755 directory with a sentinel file: visible to the sandbox, not writable by nobody."""
+    d = Path(tempfile.mkdtemp(prefix="stmkit-test-protected-"))
+    d.chmod(0o755)
+    sentinel = d / "sentinel.txt"
+    sentinel.write_text("keep me\n")
+    sentinel.chmod(0o644)
+    yield d
+    for p in d.iterdir():
+        p.unlink()
+    d.rmdir()
+
+
+@pytest.fixture(autouse=True)
+def parent_untouched(protected_dir):
+    """After every test: same pid alive, same cwd, same environment, same signal handlers, sentinel intact."""
+
+    def environ() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest rewrites this one
+
+    pid, cwd, env = os.getpid(), os.getcwd(), environ()
+    handlers = {
+        s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM)
+    }
+    yield
+    assert os.getpid() == pid
+    os.kill(pid, 0)
+    assert os.getcwd() == cwd
+    assert environ() == env
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert (protected_dir / "sentinel.txt").read_text() == "keep me\n"
+    assert sorted(p.name for p in protected_dir.iterdir()) == ["sentinel.txt"]
+
+
+def _sandbox_pids() -> set[int]:
+    """Live processes started from a sandbox working directory (their command line names it)."""
+    pids = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if sandbox.WORKDIR_PREFIX.encode() in cmd:
+                pids.add(int(d))
+    return pids
+
+
+def _assert_no_leftovers(before: set[int], wait_s: float = 3.0) -> None:
+    deadline = time.monotonic() + wait_s
+    while (left := _sandbox_pids() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"sandbox processes survived the run: {sorted(left)}"
+
+
+@pytest.fixture(params=["namespaces", "fallback"])
+def layers(request, monkeypatch):
+    """Run a test with the namespace layers, and again with them off (the in-child guard and subreaper sweep)."""
+    monkeypatch.setattr(sandbox, "USE_NAMESPACES", request.param == "namespaces")
+    return request.param
+
+
+# --- positive cases -------------------------------------------------------------------------------------------
+
+
+def test_correct_mbpp_program_passes():
+    code = "def add(a, b):\n    return a + b\n"
+    res = sandbox.check_program(code, ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"], timeout_s=5)
+    assert res.passed and res.status == "ok" and res.returncode == 0
+
+
+def test_wrong_mbpp_program_fails_with_the_assert():
+    code = "def add(a, b):\n    return a - b\n"
+    res = sandbox.check_program(code, ["assert add(1, 2) == 3"], setup="import math", timeout_s=5)
+    assert not res.passed and res.status == "error"
+    assert "AssertionError" in res.stderr
+
+
+def test_build_program_order_and_stdin():
+    prog = sandbox.build_program("x = base + 1", ["assert x == 3"], setup="base = 2")
+    assert prog.index("base = 2") < prog.index("x = base + 1") < prog.index("assert x == 3")
+    res = sandbox.run_python("print(input()[::-1])", stdin="abc\n", timeout_s=5)
+    assert res.passed and res.stdout == "cba\n"
+
+
+def test_run_many_keeps_input_order_and_carries_on():
+    codes = ["print(1)", "raise SystemExit(2)", "while True: pass", "print(4)"]
+    res = sandbox.run_many(codes, workers=2, timeout_s=1.0)
+    assert [r.status for r in res] == ["ok", "error", "timeout", "ok"]
+    assert res[0].stdout == "1\n" and res[3].stdout == "4\n"
+
+
+def test_environment_is_minimal_and_hash_seed_fixed(monkeypatch):
+    monkeypatch.setenv("STMKIT_FAKE_SECRET", "hunter2")
+    res = sandbox.run_python("import os, sys; print(sorted(os.environ)); print(sys.flags.hash_randomization)")
+    assert res.passed
+    names, hash_randomization = res.stdout.splitlines()
+    assert eval(names) == ["HOME", "LANG", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED"]
+    assert hash_randomization == "0"  # PYTHONHASHSEED=0 took effect
+
+
+def test_isolation_layers_reported():
+    res = sandbox.run_python("pass")
+    assert res.passed
+    assert {"rlimit_cpu", "rlimit_as", "rlimit_fsize", "rlimit_core", "rlimit_nproc"} <= set(res.isolation)
+    assert "netns" in res.isolation or "socket_guard" in res.isolation
+    if IS_ROOT:
+        assert "uid_65534" in res.isolation
+
+
+def test_no_file_descriptor_leak():
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        sandbox.run_python("print('x' * 100)", timeout_s=5)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="timeout_s"):
+        sandbox.run_python("pass", timeout_s=0)
+    with pytest.raises(TypeError, match="code must be a str"):
+        sandbox.run_python(b"pass")
+
+
+# --- hostile programs -----------------------------------------------------------------------------------------
+
+
+def test_infinite_loop_times_out():
+    t0 = time.monotonic()
+    res = sandbox.run_python("while True:\n    pass\n", timeout_s=1.0)
+    assert res.status == "timeout" and not res.passed
+    assert time.monotonic() - t0 < 1.0 + sandbox._GRACE_S + 1.0
+
+
+def test_fork_bomb_is_bounded_and_cleaned_up(layers):
+    before = _sandbox_pids()
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    res = sandbox.run_python(code, timeout_s=1.0, max_processes=8)
+    assert not res.passed and res.status in ("timeout", "killed")
+    _assert_no_leftovers(before)
+
+
+def test_process_that_leaves_the_group_is_killed(layers):
+    before = _sandbox_pids()
+    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(30)\nprint('parent done')\n"
+    res = sandbox.run_python(code, timeout_s=5)
+    assert res.stdout == "parent done\n"
+    _assert_no_leftovers(before)
+
+
+def test_memory_bomb():
+    res = sandbox.run_python(
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 2**20))\n", memory_mb=200
+    )
+    assert res.status == "memory" and not res.passed
+
+
+def test_huge_output_is_capped():
+    res = sandbox.run_python("while True:\n    print('x' * 1000)\n", max_output_bytes=10_000, timeout_s=5)
+    assert res.status == "output_limit" and not res.passed
+    assert len(res.stdout) + len(res.stderr) <= 10_000
+
+
+def test_huge_file_is_refused():
+    res = sandbox.run_python("open('big', 'wb').write(b'x' * (3 * 2**20))", max_file_mb=1, timeout_s=5)
+    assert res.status == "error" and "File too large" in res.stderr
+
+
+@root_only
+def test_cannot_write_or_delete_outside_its_directory(protected_dir):
+    write = f"open({str(protected_dir / 'new.txt')!r}, 'w').write('pwned')"
+    delete = f"import os; os.remove({str(protected_dir / 'sentinel.txt')!r})"
+    home = f"open({str(Path.home() / 'stmkit-sandbox-pwned')!r}, 'w').write('pwned')"
+    for code in (write, delete, home):
+        res = sandbox.run_python(code, timeout_s=5)
+        assert res.status == "error", code
+        assert "PermissionError" in res.stderr
+    assert not (Path.home() / "stmkit-sandbox-pwned").exists()
+
+
+def test_working_directory_is_removed():
+    res = sandbox.run_python("import os; print(os.getcwd()); open('scratch.txt', 'w').write('x')")
+    assert res.passed
+    assert not Path(res.stdout.strip()).exists()
+
+
+def test_killing_the_parent_fails():
+    res = sandbox.run_python(
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('still here')\n"
+    )
+    assert res.status in ("error", "killed")
+    res = sandbox.run_python(f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)\n")
+    assert res.status == "error"  # our pid is invisible (PID namespace) or not ours to signal (uid nobody)
+
+
+def test_os_exit_is_an_error():
+    res = sandbox.run_python("import os\nos._exit(3)\n")
+    assert res.status == "error" and res.returncode == 3
+
+
+def test_deep_recursion_is_an_error():
+    res = sandbox.run_python("def f(n):\n    return f(n + 1)\nf(0)\n", timeout_s=5)
+    assert res.status == "error" and "RecursionError" in res.stderr
+
+
+def test_parent_secrets_are_not_visible(monkeypatch):
+    monkeypatch.setenv("STMKIT_FAKE_SECRET", "hunter2")
+    res = sandbox.run_python("import os\nprint(os.environ['STMKIT_FAKE_SECRET'])\n")
+    assert res.status == "error" and "KeyError" in res.stderr
+    assert "hunter2" not in res.stdout + res.stderr
+    res = sandbox.run_python(f"print(open('/proc/{os.getpid()}/environ', 'rb').read())")
+    if IS_ROOT:
+        assert res.status == "error"
+        assert "hunter2" not in res.stdout + res.stderr
+
+
+def test_network_is_blocked(layers):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        srv.settimeout(0.3)
+        port = srv.getsockname()[1]
+        code = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hi')\n"
+        res = sandbox.run_python(code, timeout_s=5)
+        assert res.status == "error"
+        raw = sandbox.run_python(
+            f"import socket\ns = socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {port}))\n",
+            timeout_s=5,
+        )
+        assert raw.status == "error"
+        with pytest.raises(TimeoutError):
+            srv.accept()
+    expected = "netns" if layers == "namespaces" else "socket_guard"
+    assert expected in res.isolation
+
+
+# --- SQL ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def db(tmp_path):
+    path = tmp_path / "toy.sqlite"
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, score REAL, raw BLOB)")
+        conn.executemany(
+            "INSERT INTO t VALUES (?, ?, ?, ?)", [(i, f"n{i}", i / 4, b"\x00\xff") for i in range(30)]
+        )
+    conn.close()
+    return path
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_select_works(db):
+    res = sandbox.run_sql(db, "SELECT id, name, score, raw FROM t WHERE id < 2 ORDER BY id", timeout_s=5)
+    assert res.status == "ok" and res.error == ""
+    assert res.rows == [(0, "n0", 0.0, "x'00ff'"), (1, "n1", 0.25, "x'00ff'")]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO t (name) VALUES ('x')",
+        "DROP TABLE t",
+        "UPDATE t SET name = 'x'",
+        "ATTACH DATABASE '/tmp/stmkit-attach.sqlite' AS other",
+        "PRAGMA journal_mode=WAL",
+        "SELECT 1; DROP TABLE t",
+        "SELECT load_extension('nope')",
+    ],
+)
+def test_writes_and_attach_fail_cleanly(db, sql):
+    digest = _sha(db)
+    res = sandbox.run_sql(db, sql, timeout_s=5)
+    assert res.status == "error" and res.rows is None and res.error
+    assert _sha(db) == digest
+    assert not Path("/tmp/stmkit-attach.sqlite").exists()
+
+
+def test_runaway_recursive_cte_times_out(db):
+    digest = _sha(db)
+    sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c"
+    t0 = time.monotonic()
+    res = sandbox.run_sql(db, sql, timeout_s=1.5)
+    assert res.status == "timeout" and res.rows is None
+    assert time.monotonic() - t0 < 6
+    assert _sha(db) == digest
+
+
+def test_row_cap(db):
+    res = sandbox.run_sql(db, "SELECT id FROM t", row_cap=10, timeout_s=5)
+    assert res.status == "row_cap" and len(res.rows) == 10
+
+
+def test_bad_db_path_names_the_path(tmp_path):
+    missing = tmp_path / "nope.sqlite"
+    with pytest.raises(FileNotFoundError, match="nope.sqlite"):
+        sandbox.run_sql(missing, "SELECT 1")
+
+
+def test_execution_match_compares_result_sets(db):
+    gold = "SELECT id FROM t WHERE id IN (1, 2, 3)"
+    assert sandbox.sql_execution_match(db, "SELECT id FROM t WHERE id BETWEEN 1 AND 3 ORDER BY id DESC", gold)
+    assert not sandbox.sql_execution_match(db, "SELECT id FROM t WHERE id BETWEEN 1 AND 4", gold)
+    assert not sandbox.sql_execution_match(db, "SELECT name FROM t WHERE id IN (1, 2, 3)", gold)
+    assert not sandbox.sql_execution_match(db, "DELETE FROM t", gold)
