@@ -65,6 +65,11 @@ class MaskingConfig:
         _check(0.0 <= self.quantile <= 1.0, where, "quantile", "must be in [0, 1]")
 
 
+# transformers' SchedulerType values that need no extra arguments
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     finetune: Literal["lora", "dora", "full"] = "lora"
@@ -80,7 +85,14 @@ class TrainingConfig:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     kl_coef: float = 0.0  # KL-to-base regulariser (paper Table 8); penalises divergence from the base
-    save_every_epochs: float = 0.0  # 0 = only the final adapter
+    # penalty: loss = CE + kl_coef * KL(base || tuned), the paper's intent. reference: CE - kl_coef * KL, what the
+    # reference implementation computes (it rewards divergence); offered only to reproduce that code.
+    kl_mode: Literal["penalty", "reference"] = "penalty"
+    save_every_epochs: float = 0.0  # checkpoint (and validation loss) every this many epochs; 0 = per epoch only
+    save_every_steps: int = 0  # the same in optimizer steps (overrides save_every_epochs when > 0)
+    optim: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = "adamw_torch"
+    max_grad_norm: float = 1.0  # gradient clipping; 0 = off
+    gradient_checkpointing: bool = False  # saves GPU memory on large models; slower, and pointless at 135M on CPU
     seed: int = 0
 
     def validate(self, where: str) -> None:
@@ -93,6 +105,16 @@ class TrainingConfig:
         _check(0.0 <= self.warmup_ratio < 1.0, where, "warmup_ratio", "must be in [0, 1)")
         _check(self.weight_decay >= 0, where, "weight_decay", "must be >= 0")
         _check(self.kl_coef >= 0, where, "kl_coef", "must be >= 0 (it penalises divergence from the base)")
+        _check(
+            self.kl_coef == 0 or self.finetune != "full", where, "kl_coef",
+            "needs finetune lora or dora (the frozen base is the model with its adapter disabled)",
+        )
+        _check(self.lora_alpha > 0, where, "lora_alpha", "must be > 0")
+        _check(self.scheduler in SCHEDULERS, where, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+        _check(self.save_every_epochs >= 0, where, "save_every_epochs", "must be >= 0 (0 = once per epoch)")
+        _check(self.save_every_steps >= 0, where, "save_every_steps", "must be >= 0 (0 = use save_every_epochs)")
+        _check(self.max_grad_norm >= 0, where, "max_grad_norm", "must be >= 0 (0 = no clipping)")
+        _check(self.max_steps == -1 or self.max_steps > 0, where, "max_steps", "must be -1 (use epochs) or > 0")
 
 
 @dataclass(frozen=True)

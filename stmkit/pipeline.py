@@ -1,0 +1,312 @@
+"""`make reproduce`: run a profile's sweep of notebooks with papermill, resumably, in pipeline order.
+
+A sweep (configs/sweeps/<profile>.yaml) lists runs; each names a notebook, small overrides of the profile,
+notebook parameters, the runs it needs (`after`) and the paper outputs it feeds (`for`). A run's key hashes the
+notebook source, the resolved profile, its parameters and the keys of the runs it needs. A run whose run.json
+carries that key (and whose executed notebook exists) is skipped, so a rerun with nothing changed executes nothing,
+and a changed parameter re-executes that run and the runs after it (their expensive artifacts still come from
+the content-addressed cache when their own inputs did not change).
+
+Interrupt-safe: notebooks execute into a hidden `.partial` file that is renamed only when papermill returns; a
+run's run.json (its completion marker) is deleted when it starts and written atomically by its last cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache import atomic_write_json, canonical_json, content_key
+from .config import CONFIG_DIR, ConfigError, load_profile, load_yaml, replace
+from .experiment import REPO_ROOT, results_root
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+SWEEPS_DIR = CONFIG_DIR / "sweeps"
+PIPELINE_VERSION = 1
+KERNEL = "stmkit"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: a notebook executed with a profile, overrides and parameters."""
+
+    name: str
+    notebook: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    feeds: tuple[str, ...] = ()  # paper tables/figures this run's results feed (`for:` in the sweep)
+
+
+@dataclass
+class Outcome:
+    run: str
+    status: str  # "done", "skipped (up to date)", "failed", "blocked", "interrupted"
+    seconds: float = 0.0
+    notebook: str = ""
+    error: str = ""
+
+
+def sweep_path(profile: str) -> Path:
+    return SWEEPS_DIR / f"{profile}.yaml"
+
+
+def load_sweep(profile: str, path: Path | None = None) -> list[RunSpec]:
+    """The validated runs of a profile's sweep (configs/sweeps/<profile>.yaml or `path`), in pipeline order."""
+    path = Path(path) if path else sweep_path(profile)
+    if not path.is_file():
+        raise ConfigError(f"profile '{profile}' has no sweep file {path}; add one listing its runs")
+    data = load_yaml(path)
+    unknown = set(data) - {"runs", "description"}
+    if unknown:
+        raise ConfigError(f"{path.name}: unknown key '{sorted(unknown)[0]}' (valid keys: description, runs)")
+    base = load_profile(profile)
+    runs: list[RunSpec] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(data.get("runs") or []):
+        where = f"{path.name} runs[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping with name and notebook")
+        bad = set(raw) - {"name", "notebook", "overrides", "params", "after", "for"}
+        if bad:
+            raise ConfigError(f"{where}: unknown key '{sorted(bad)[0]}' (valid: name, notebook, overrides, params, after, for)")
+        name, nb = raw.get("name"), raw.get("notebook")
+        if not name or not nb:
+            raise ConfigError(f"{where}: every run needs a name and a notebook")
+        if name in seen:
+            raise ConfigError(f"{where}: duplicate run name '{name}'")
+        if not (NOTEBOOKS_DIR / f"{nb}.ipynb").is_file():
+            raise ConfigError(f"{where} ({name}): no notebook notebooks/{nb}.ipynb")
+        after = tuple(raw.get("after") or ())
+        for dep in after:
+            if dep not in seen:
+                raise ConfigError(f"{where} ({name}): 'after' names '{dep}', which is not an earlier run")
+        overrides = dict(raw.get("overrides") or {})
+        try:
+            replace(base, overrides)  # catch typos before anything runs
+        except ConfigError as exc:
+            raise ConfigError(f"{where} ({name}): {exc}") from exc
+        params = dict(raw.get("params") or {})
+        for k, v in params.items():
+            if not isinstance(v, str | int | float | bool):
+                raise ConfigError(f"{where} ({name}): parameter '{k}' must be a scalar (notebook parameters are)")
+        runs.append(RunSpec(name, nb, overrides, params, after, tuple(raw.get("for") or ())))
+        seen.add(name)
+    if not runs:
+        raise ConfigError(f"{path.name}: no runs listed")
+    return runs
+
+
+def select(runs: list[RunSpec], only: str | None) -> list[RunSpec]:
+    """Runs that feed `only` (e.g. table02 or fig04) plus everything they need, in order; all runs if None."""
+    if not only:
+        return runs
+    by_name = {r.name: r for r in runs}
+    wanted = {r.name for r in runs if only in r.feeds or "all" in r.feeds}
+    if not any(only in r.feeds for r in runs):
+        known = sorted({f for r in runs for f in r.feeds if f != "all"})
+        raise ConfigError(f"ONLY={only}: no run of this profile feeds it (it covers: {', '.join(known)})")
+    stack = list(wanted)
+    while stack:
+        for dep in by_name[stack.pop()].after:
+            if dep not in wanted:
+                wanted.add(dep)
+                stack.append(dep)
+    return [r for r in runs if r.name in wanted]
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def run_keys(profile: str, runs: list[RunSpec]) -> dict[str, str]:
+    """Each run's key: notebook source, resolved config, parameters and the keys of the runs it needs."""
+    base = load_profile(profile)
+    keys: dict[str, str] = {}
+    for r in runs:
+        keys[r.name] = content_key(
+            "run",
+            PIPELINE_VERSION,
+            notebook=_file_hash(NOTEBOOKS_DIR / f"{r.notebook}.ipynb"),
+            config=replace(base, r.overrides).to_dict(),
+            params=r.params,
+            upstream={d: keys.get(d, "") for d in r.after},
+        )
+    return keys
+
+
+def is_complete(root: Path, run: RunSpec, key: str) -> bool:
+    """A run is complete when its run.json carries the expected key and its executed notebook exists."""
+    folder = root / "runs" / run.name
+    try:
+        record = json.loads((folder / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return record.get("run_key") == key and (folder / f"{run.notebook}.ipynb").is_file()
+
+
+def parameters(profile: str, run: RunSpec, key: str, root: Path) -> dict[str, Any]:
+    """What papermill injects into the notebook's `parameters` cell."""
+    return {
+        "profile": profile,
+        "overrides": canonical_json(run.overrides) if run.overrides else "",
+        "run_name": run.name,
+        "results_dir": str(root),
+        "run_key": key,
+        **run.params,
+    }
+
+
+def command_line(profile: str, run: RunSpec, key: str, root: Path) -> str:
+    """The equivalent papermill command for one run (shown by DRY_RUN=1)."""
+    parts = ["papermill", f"notebooks/{run.notebook}.ipynb", f"{root}/runs/{run.name}/{run.notebook}.ipynb",
+             "-k", KERNEL]
+    for k, v in parameters(profile, run, key, root).items():
+        parts += ["-p", k, str(v)]
+    return shlex.join(parts)
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def execute(profile: str, run: RunSpec, key: str, root: Path) -> Outcome:
+    """Execute one run's notebook with papermill into a partial file, renamed when papermill returns."""
+    import papermill as pm
+
+    folder = root / "runs" / run.name
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{run.notebook}.ipynb"
+    partial = folder / f".{run.notebook}.partial.ipynb"
+    marker = folder / "run.json"
+    if marker.exists():
+        marker.unlink()
+    t0 = time.perf_counter()
+    error = ""
+    try:
+        pm.execute_notebook(
+            str(NOTEBOOKS_DIR / f"{run.notebook}.ipynb"),
+            str(partial),
+            parameters=parameters(profile, run, key, root),
+            kernel_name=KERNEL,
+            progress_bar=False,
+            cwd=str(NOTEBOOKS_DIR),
+        )
+    except pm.PapermillExecutionError as exc:
+        error = f"{exc.ename}: {exc.evalue}"
+    except Exception as exc:  # kernel died, missing kernel, ...
+        error = f"{type(exc).__name__}: {exc}"
+    if partial.exists():
+        os.replace(partial, final)
+    seconds = time.perf_counter() - t0
+    if not error and not is_complete(root, run, key):
+        error = "the notebook finished without writing run.json with this run's key (its last cell calls run.finish)"
+    return Outcome(run.name, "failed" if error else "done", seconds, str(final), error)
+
+
+def _timings_path(root: Path) -> Path:
+    return root / "pipeline_timings.json"
+
+
+def run_pipeline(
+    profile: str, only: str | None = None, dry_run: bool = False, results_dir: str | None = None,
+    sweep: str | None = None,
+) -> int:
+    """Execute every run that needs it; print progress and a summary; return the exit status."""
+    runs = select(load_sweep(profile, Path(sweep) if sweep else None), only)
+    keys = run_keys(profile, runs)
+    root = results_root(profile, results_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("runs/*/.*.partial.ipynb"):  # left by an interrupted run; that run re-executes
+        stale.unlink()
+    todo = [r for r in runs if not is_complete(root, r, keys[r.name])]
+    print(f"stmkit reproduce: profile {profile}, {len(runs)} runs ({len(todo)} to execute), results in {root}")
+    if dry_run:
+        for r in runs:
+            state = "to run" if r in todo else "up to date"
+            print(f"  [{state:10s}] {r.name} ({r.notebook}) feeds {', '.join(r.feeds) or '-'}")
+            print(f"      {command_line(profile, r, keys[r.name], root)}")
+        return 0
+    try:
+        history = json.loads(_timings_path(root).read_text())
+    except (OSError, json.JSONDecodeError):
+        history = {}
+    outcomes: list[Outcome] = []
+    failed: set[str] = set()
+    t_start = time.perf_counter()
+    exit_code = 0
+    try:
+        for i, r in enumerate(runs, 1):
+            if r not in todo:
+                outcomes.append(Outcome(r.name, "skipped (up to date)"))
+                continue
+            blockers = [d for d in r.after if d in failed]
+            if blockers:
+                outcomes.append(Outcome(r.name, "blocked", error=f"needs {', '.join(blockers)}, which failed"))
+                failed.add(r.name)
+                continue
+            remaining = todo[todo.index(r):]
+            done_times = [o.seconds for o in outcomes if o.status == "done"]
+            fallback = sum(done_times) / len(done_times) if done_times else 60.0
+            eta = sum(history.get(x.name, fallback) for x in remaining)
+            print(f"[{i}/{len(runs)}] {r.name} ({r.notebook}) elapsed {_fmt(time.perf_counter() - t_start)}, "
+                  f"~{_fmt(eta)} left", flush=True)
+            out = execute(profile, r, keys[r.name], root)
+            outcomes.append(out)
+            if out.status == "failed":
+                failed.add(r.name)
+                print(f"    FAILED after {_fmt(out.seconds)}: {out.error}\n    see {out.notebook}", flush=True)
+            else:
+                history[r.name] = round(out.seconds, 1)
+                atomic_write_json(_timings_path(root), history)
+                print(f"    done in {_fmt(out.seconds)}", flush=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are kept; rerun the same command to complete the rest", flush=True)
+        exit_code = 130
+    total = time.perf_counter() - t_start
+    summary = {"profile": profile, "only": only, "total_s": round(total, 1),
+               "runs": [o.__dict__ for o in outcomes]}
+    atomic_write_json(root / "pipeline.json", summary)
+    n_done = sum(o.status == "done" for o in outcomes)
+    n_skip = sum(o.status.startswith("skipped") for o in outcomes)
+    print(f"\n{n_done} executed, {n_skip} up to date, {len(failed)} failed or blocked, in {_fmt(total)}")
+    for o in outcomes:
+        if o.status in ("failed", "blocked"):
+            print(f"  {o.status}: {o.run}: {o.error}" + (f"\n      notebook: {o.notebook}" if o.notebook else ""))
+    if exit_code:
+        return exit_code
+    return 1 if failed else 0
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stmkit.pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu-demo")
+    parser.add_argument("--only", default=None, help="a paper table or figure, e.g. table02 or fig04")
+    parser.add_argument("--dry-run", action="store_true", help="list runs and their commands without executing")
+    parser.add_argument("--results-dir", default=None, help="default: results/<profile>")
+    parser.add_argument("--sweep", default=None, help="a sweep file (default: configs/sweeps/<profile>.yaml)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)  # `kill` behaves like Ctrl-C: clean shutdown, resumable
+    try:
+        return run_pipeline(args.profile, args.only, args.dry_run, args.results_dir, args.sweep)
+    except ConfigError as exc:
+        print(f"stmkit reproduce: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""`make reproduce`: sweeps validate, reruns skip, failures are summarised, and killing at any point is resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stmkit.config import ConfigError
+from stmkit.pipeline import SWEEPS_DIR, RunSpec, is_complete, load_sweep, run_keys, select
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_sweep_validates(path):
+    runs = load_sweep(path.stem)
+    assert runs and len({r.name for r in runs}) == len(runs)
+
+
+def _sweep(tmp_path, runs):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"runs": runs}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "runs, match",
+    [
+        ([{"name": "a", "notebook": "01_score_tokens", "overides": {}}], "unknown key 'overides'"),
+        ([{"name": "a", "notebook": "99_nothing"}], "no notebook notebooks/99_nothing"),
+        ([{"name": "a", "notebook": "01_score_tokens", "after": ["b"]}], "not an earlier run"),
+        ([{"name": "a", "notebook": "01_score_tokens", "overrides": {"masking.tua": 3}}], r"\(a\).*'tua'"),
+        ([{"name": "a", "notebook": "01_score_tokens"}, {"name": "a", "notebook": "02_mask_tokens"}], "duplicate"),
+    ],
+)
+def test_bad_sweeps_are_clear_errors(tmp_path, runs, match):
+    with pytest.raises(ConfigError, match=match):
+        load_sweep("smoke", _sweep(tmp_path, runs))
+
+
+def test_keys_change_exactly_downstream_of_a_change():
+    a = RunSpec("score", "01_score_tokens", feeds=("table01",))
+    b = RunSpec("mask", "02_mask_tokens", after=("score",), feeds=("fig08",))
+    base = run_keys("smoke", [a, b])
+    assert base == run_keys("smoke", [a, b])
+    b2 = RunSpec("mask", "02_mask_tokens", overrides={"masking.quantile": 0.3}, after=("score",))
+    changed = run_keys("smoke", [a, b2])
+    assert changed["score"] == base["score"] and changed["mask"] != base["mask"]
+    a2 = RunSpec("score", "01_score_tokens", params={"example_index": 1})
+    up = run_keys("smoke", [a2, b])
+    assert up["score"] != base["score"] and up["mask"] != base["mask"]
+
+
+def test_only_selects_a_target_and_what_it_needs():
+    runs = [RunSpec("score", "01_score_tokens", feeds=("table01",)),
+            RunSpec("mask", "02_mask_tokens", after=("score",), feeds=("fig08",))]
+    assert [r.name for r in select(runs, "fig08")] == ["score", "mask"]
+    assert [r.name for r in select(runs, "table01")] == ["score"]
+    with pytest.raises(ConfigError, match="no run of this profile feeds it"):
+        select(runs, "table99")
+
+
+def _reproduce(results, *extra, **kw):
+    cmd = [sys.executable, "-m", "stmkit.pipeline", "--profile", "smoke", "--results-dir", str(results), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, **kw)
+
+
+KILL_SWEEP = [
+    {"name": "score", "notebook": "01_score_tokens"},
+    {"name": "mask", "notebook": "02_mask_tokens", "after": ["score"]},
+    {"name": "score-again", "notebook": "01_score_tokens", "params": {"example_index": 1}},
+]
+
+
+def _markers(results, sweep=None):
+    """run.json mtimes of the runs that are complete (marker with the right key and executed notebook)."""
+    runs = load_sweep("smoke", sweep)
+    keys = run_keys("smoke", runs)
+    return {r.name: (Path(results) / "runs" / r.name / "run.json").stat().st_mtime_ns
+            for r in runs if is_complete(Path(results), r, keys[r.name])}
+
+
+def _assert_complete_and_clean(results, sweep=None):
+    runs = load_sweep("smoke", sweep)
+    keys = run_keys("smoke", runs)
+    for r in runs:
+        folder = Path(results) / "runs" / r.name
+        record = json.loads((folder / "run.json").read_text())
+        assert record["run_key"] == keys[r.name]
+        json.loads((folder / f"{r.notebook}.ipynb").read_text())  # a whole notebook, not half a file
+    leftovers = [p for p in Path(results).rglob("*") if ".partial" in p.name or p.name.endswith(".tmp")]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.slow
+def test_smoke_reproduce_then_rerun_executes_nothing(tmp_path):
+    first = _reproduce(tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    _assert_complete_and_clean(tmp_path)
+    before = _markers(tmp_path)
+    again = _reproduce(tmp_path)
+    assert again.returncode == 0 and "0 executed" in again.stdout
+    assert _markers(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_a_failing_run_does_not_stop_the_batch(tmp_path):
+    sweep = _sweep(tmp_path, [
+        {"name": "broken", "notebook": "01_score_tokens", "params": {"example_index": 10_000}},
+        {"name": "needs-broken", "notebook": "02_mask_tokens", "after": ["broken"]},
+        {"name": "fine", "notebook": "01_score_tokens"},
+    ])
+    res = _reproduce(tmp_path / "out", "--sweep", str(sweep))
+    assert res.returncode == 1
+    assert "1 executed" in res.stdout and "failed: broken" in res.stdout and "blocked: needs-broken" in res.stdout
+    shown = tmp_path / "out" / "runs" / "broken" / "01_score_tokens.ipynb"
+    assert str(shown) in res.stdout and "IndexError" in shown.read_text()
+    assert (tmp_path / "out" / "runs" / "fine" / "run.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, delay", [(signal.SIGKILL, 4.0), (signal.SIGTERM, 9.0), (signal.SIGINT, 13.0)])
+def test_kill_at_any_point_then_resume_completes_without_redoing(tmp_path, sig, delay):
+    sweep = _sweep(tmp_path, KILL_SWEEP)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stmkit.pipeline", "--profile", "smoke", "--results-dir", str(out), "--sweep",
+         str(sweep)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    time.sleep(delay)
+    os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
+    proc.wait(timeout=120)
+    if sig == signal.SIGKILL:
+        time.sleep(1.0)  # let an orphaned kernel notice its parent is gone
+    finished = _markers(out, sweep)
+    assert len(finished) < len(KILL_SWEEP), "the kill came after the end; kill earlier"
+    res = _reproduce(out, "--sweep", str(sweep))
+    assert res.returncode == 0, res.stdout + res.stderr
+    _assert_complete_and_clean(out, sweep)
+    after = _markers(out, sweep)
+    for name, mtime in finished.items():
+        assert after[name] == mtime, f"run {name} finished before the kill but was executed again"
