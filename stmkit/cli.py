@@ -31,6 +31,45 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mask(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .cache import atomic_dir, atomic_write_json
+    from .masking import mask_dataset, write_inspection
+    from .models import fingerprint, load_model
+    from .scoring import score_examples
+    from .userdata import read_jsonl
+
+    examples = read_jsonl(args.data)
+    print(f"read {len(examples)} examples from {args.data}")
+    model, tok = load_model(args.model, device=args.device)
+    scored, key = score_examples(
+        model, tok, examples, model_fingerprint=fingerprint(args.model), max_length=args.max_length,
+        batch_size=args.batch_size,
+    )
+    res = mask_dataset(scored, args.rule, tau=args.tau, quantile=args.quantile, seed=args.seed,
+                       fully_masked=args.fully_masked)
+    out = Path(args.out)
+    with atomic_dir(out / "dataset", overwrite=True) as tmp:
+        res.to_dataset().save_to_disk(str(tmp))
+    stats = {**res.stats, "model": args.model, "data": str(args.data), "scores_cache_key": key,
+             "fully_masked_ids": res.fully_masked, "dropped_ids": res.dropped,
+             "truncated_examples": sum(1 for s in scored if s.truncated)}
+    atomic_write_json(out / "stats.json", stats)
+    write_inspection(out / "tokens.jsonl", scored, res.masks, tok)
+    print(f"masked {stats['masked_tokens']} of {stats['response_tokens']} response tokens "
+          f"({100 * stats['masked_share']:.1f}%) with rule {args.rule}"
+          + (f" tau {args.tau:g} (token probability < {1 / args.tau:.2f})" if args.rule == "threshold" else ""))
+    if res.fully_masked:
+        verb = "dropped" if args.fully_masked == "drop" else "kept with only their end-of-turn token trained"
+        print(f"{len(res.fully_masked)} examples had every response token masked: {verb}")
+    if stats["truncated_examples"]:
+        print(f"{stats['truncated_examples']} examples were longer than --max-length {args.max_length} and truncated")
+    print(f"wrote {out / 'dataset'} (input_ids + labels for TRL's SFTTrainer), {out / 'stats.json'}, "
+          f"{out / 'tokens.jsonl'}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import REGISTRY
 
@@ -52,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("splits", help="regenerate stmkit/data/splits/*.json from the embedded benchmarks")
     p.add_argument("tasks", nargs="*")
     p.set_defaults(func=_cmd_splits)
+    p = sub.add_parser("mask", help="score your JSONL data and write an STM-masked dataset for TRL")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="registry name, Hugging Face id or folder")
+    p.add_argument("--data", required=True, help="JSONL: prompt/completion or chat messages per line")
+    p.add_argument("--tau", type=float, default=2.5, help="mask response tokens with PPL > tau (default 2.5)")
+    p.add_argument("--rule", default="threshold", choices=["threshold", "quantile", "random", "low", "none"])
+    p.add_argument("--quantile", type=float, default=0.2, help="share of tokens masked by --rule quantile")
+    p.add_argument("--seed", type=int, default=0, help="seed of --rule random")
+    p.add_argument("--fully-masked", default="keep_eos", choices=["keep_eos", "drop"])
+    p.add_argument("--max-length", type=int, default=2048, help="tokens per example (prompt + response)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_mask)
     p = sub.add_parser("models", help="list the model registry")
     p.set_defaults(func=_cmd_models)
     p = sub.add_parser("config", help="print a resolved profile")

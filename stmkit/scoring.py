@@ -85,15 +85,17 @@ def end_of_turn(tokenizer: Any) -> str:
     return tokenizer.eos_token
 
 
-def render(tokenizer: Any, prompt: str, response: str, item_id: str = "", max_length: int = 0) -> Rendered:
+def render(
+    tokenizer: Any, prompt: str | list[dict[str, str]], response: str, item_id: str = "", max_length: int = 0
+) -> Rendered:
     """Chat-template the prompt (with the generation prompt), then the response tokens and the end-of-turn token.
 
+    `prompt` is the user message, or a list of chat messages (system/user/assistant turns before the response).
     The response is tokenised on its own so that its tokens are exactly the response (no merge across the
     boundary); this is the rendering training uses too. Truncation cuts response tokens from the right.
     """
-    prompt_ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-    )
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if hasattr(prompt_ids, "keys"):  # some versions return a BatchEncoding
         prompt_ids = prompt_ids["input_ids"]
     prompt_ids = list(prompt_ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,6 +44,19 @@ class Example:
         d["choices"] = tuple(d.get("choices") or ())
         d["tests"] = tuple(d.get("tests") or ())
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How generated answers are checked: sandbox time limit and parallel workers, an optional MATH judge.
+
+    A task's scorer maps (examples, generated texts, options) to one verdict dict per item:
+    ``{"extracted": <answer read off the text or None>, "correct": bool, "error": <why not, or "">}``.
+    """
+
+    timeout_s: float = 10.0  # per sandboxed program or SQL query
+    workers: int = 2  # sandboxed processes run in parallel
+    judge: Callable[[str, str, str], bool] | None = None  # MATH: judge(problem, pred, gold), e.g. an LLM judge
 
 
 def text_id(text: str) -> str:

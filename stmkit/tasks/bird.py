@@ -18,14 +18,15 @@ import os
 import random
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import sandbox
 from . import prompts
-from .base import Example
+from .base import Example, ScoreOptions, split_rank
+from .registry import Task, register
 
 BIRD_URL = "https://bird-bench.github.io/"
 PROMPT_STYLES = ("kit", "reference")
@@ -624,3 +625,94 @@ def score(example: Example, generated: str, timeout_s: float = 10.0) -> dict[str
     else:
         error = "" if match.correct else "result differs from the gold result"
     return {"extracted": sql, "correct": match.correct, "error": error}
+
+
+def score_many(
+    examples: Sequence[Example], generated: Sequence[str], options: ScoreOptions
+) -> list[dict[str, Any]]:
+    """`score` for many items, options.workers at a time (each query runs in its own sandboxed process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(examples) != len(generated):
+        raise ValueError(f"bird: {len(examples)} examples but {len(generated)} generated answers")
+    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
+        pairs = zip(examples, generated, strict=True)
+        return list(pool.map(lambda pair: score(*pair, timeout_s=options.timeout_s), pairs))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The registered task: BIRD dev when a directory is given, else the stand-in built once in the cache
+
+STANDIN_VERSION = 1  # bump when build_standin changes what it generates: the cached copy is rebuilt
+STANDIN_ITEMS = 200
+BIRD_DIR_ENV = "STMKIT_BIRD_DIR"
+
+
+def load_standin(root: str | Path, *, prompt_style: str = "kit") -> list[Example]:
+    """The stand-in items of a folder made by build_standin (its standin.json and standin_databases/)."""
+    root = Path(root)
+    json_path = root / "standin.json"
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path} is missing; build the stand-in with build_standin({str(root)!r})")
+    records = json.loads(json_path.read_text(encoding="utf-8"))
+    return _items_from_records(records, root / "standin_databases", json_path, prompt_style, 0, None, standin=True)
+
+
+def ensure_standin(seed: int = 0, n_items: int = STANDIN_ITEMS, *, prompt_style: str = "kit") -> list[Example]:
+    """The stand-in (NOT BIRD), built once into the stmkit cache folder (atomically) and reused."""
+    from ..cache import atomic_dir, cache_root, verify_dir
+
+    root = cache_root() / "bird_standin" / f"v{STANDIN_VERSION}-seed{seed}-n{n_items}"
+    if not root.is_dir():
+        with atomic_dir(root, meta={"standin_version": STANDIN_VERSION, "seed": seed, "n_items": n_items}) as tmp:
+            build_standin(tmp, n_items, seed)
+    verify_dir(root, deep=False)
+    return load_standin(root, prompt_style=prompt_style)
+
+
+def load_items(
+    split: str = "test", n: int = 0, bird_dir: str | Path | None = None, *, prompt_style: str = "kit"
+) -> list[Example]:
+    """BIRD items: the dev set in bird_dir (or $STMKIT_BIRD_DIR) if given, else the offline stand-in.
+
+    Only the "test" split exists (the paper evaluates on BIRD dev). With n > 0 on the real dev set, the n items
+    are a deterministic spread over its databases (ordered by split_rank), not the first n, which would all
+    come from one or two databases.
+    """
+    if split != "test":
+        raise ValueError(f"task bird has only a 'test' split (BIRD dev or the stand-in), not {split!r}")
+    folder = bird_dir or os.environ.get(BIRD_DIR_ENV) or None
+    if folder is None:
+        items = ensure_standin(prompt_style=prompt_style)
+        if n > len(items):
+            raise ValueError(f"asked for {n} items of the BIRD stand-in, which has only {len(items)}")
+        return items[:n] if n else items
+    items = load_bird_dev(folder, prompt_style=prompt_style)
+    if n > len(items):
+        raise ValueError(f"asked for {n} items of BIRD dev in {folder}, which has only {len(items)}")
+    if not n:
+        return items
+    chosen = set(sorted((e.id for e in items), key=lambda i: split_rank("bird", i))[:n])
+    return [e for e in items if e.id in chosen]
+
+
+def _load(split: str, n: int, source: str) -> list[Example]:
+    if source == "hf":
+        raise ValueError(
+            f"BIRD is not on the Hugging Face hub; download the dev set from {BIRD_URL} and set "
+            f"${BIRD_DIR_ENV} (or eval.bird_dir) to its folder, or use source 'embedded' for the stand-in"
+        )
+    return load_items(split, n)
+
+
+TASK = register(
+    Task(
+        name="bird",
+        kind="sql",
+        title="BIRD",
+        embedded=None,
+        note=f"BIRD dev from ${BIRD_DIR_ENV} / eval.bird_dir; otherwise the offline stand-in (NOT BIRD, see bird.py)",
+        scorer=score_many,
+        loader=_load,
+    )
+)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from . import prompts
-from .base import Example, text_id
+from .answers import extract_gsm8k, gsm8k_equal
+from .base import Example, ScoreOptions, text_id
 from .embedded import read_docs
 from .registry import Task, register
 
@@ -28,6 +30,21 @@ def embedded() -> list[Example]:
     return [from_row(d, item_id=str(d["id"])) for d in read_docs("gsm8k/gold_bpb_5shot")]
 
 
+def extract(text: str, example: Example | None = None) -> str | None:
+    """The final number of a generated answer: after '####', else after 'The answer is', else the last number."""
+    return extract_gsm8k(text)
+
+
+def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreOptions) -> list[dict[str, Any]]:
+    """Correct iff the extracted number equals the gold number (within 1e-6)."""
+    out = []
+    for ex, text in zip(examples, generated, strict=True):
+        pred = extract(text)
+        error = "" if pred is not None else "no number found"
+        out.append({"extracted": pred, "correct": gsm8k_equal(pred, ex.answer), "error": error})
+    return out
+
+
 TASK = register(
     Task(
         name="gsm8k",
@@ -38,5 +55,6 @@ TASK = register(
         from_hub=from_row,
         hub=("openai/gsm8k", "main"),
         note="embedded: the 1319 test problems only, carved 819/100/400",
+        scorer=score,
     )
 )

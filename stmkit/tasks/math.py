@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from . import prompts
-from .base import Example, text_id
+from .base import Example, ScoreOptions, text_id
 from .embedded import read_docs
 from .registry import Task, register
 
@@ -31,7 +32,7 @@ def from_row(row: dict[str, Any], item_id: str | None = None) -> Example:
         prompt=prompts.MATH_PROMPT.format(problem=row["problem"].strip()),
         response=row["solution"].strip(),
         answer=answer,
-        meta={"level": row.get("level", ""), "type": row.get("type", "")},
+        meta={"level": row.get("level", ""), "type": row.get("type", ""), "problem": row["problem"].strip()},
     )
 
 
@@ -48,6 +49,29 @@ def _from_hub(row: dict[str, Any]) -> Example:
     return from_row(row)
 
 
+def extract(text: str, example: Example | None = None) -> str | None:
+    """The final answer of a generated solution: the last 'Answer:' line, else the last \\boxed{}."""
+    from .answers import extract_math_answer
+
+    return extract_math_answer(text)
+
+
+def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreOptions) -> list[dict[str, Any]]:
+    """Local equivalence (normalisation, then sympy), or options.judge(problem, pred, gold) when one is plugged in."""
+    from .answers import math_equal_with_judge
+
+    out = []
+    for ex, text in zip(examples, generated, strict=True):
+        pred = extract(text)
+        if pred is None:
+            out.append({"extracted": None, "correct": False, "error": "no final answer found"})
+            continue
+        problem = ex.meta.get("problem", ex.prompt)
+        correct = math_equal_with_judge(problem, pred, ex.answer, options.judge)
+        out.append({"extracted": pred, "correct": correct, "error": ""})
+    return out
+
+
 TASK = register(
     Task(
         name="math",
@@ -58,5 +82,6 @@ TASK = register(
         from_hub=_from_hub,
         hub=("EleutherAI/hendrycks_math", "algebra"),
         note="embedded: the 5000 test problems only, carved 3500/500/1000; hub: one subject config at a time",
+        scorer=score,
     )
 )

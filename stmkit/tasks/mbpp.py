@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from . import prompts
-from .base import Example
+from .answers import extract_code
+from .base import Example, ScoreOptions
 from .embedded import read_docs
 from .registry import Task, register
 
@@ -35,6 +37,36 @@ def embedded() -> list[Example]:
     return [from_row(d) for d in read_docs("codex_mbpp/gold_bpb_0shot")]
 
 
+def extract(text: str, example: Example | None = None) -> str:
+    """The code of a generated answer: the first ```python block, else the first fenced block, else the text."""
+    return extract_code(text)
+
+
+def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreOptions) -> list[dict[str, Any]]:
+    """pass@1: setup + extracted code + the item's asserts run in the sandbox (in parallel); correct iff exit 0."""
+    from .. import sandbox
+
+    codes = [extract(text) for text in generated]
+    todo = [i for i, code in enumerate(codes) if code.strip()]
+    programs = [sandbox.build_program(codes[i], examples[i].tests, examples[i].setup) for i in todo]
+    results = dict(zip(todo, sandbox.run_many(programs, workers=options.workers, timeout_s=options.timeout_s), strict=True))
+    out = []
+    for i, code in enumerate(codes):
+        res = results.get(i)
+        if res is None:
+            out.append({"extracted": code, "correct": False, "error": "no code found in the answer"})
+            continue
+        error = "" if res.passed else f"{res.status}: {_last_line(res.stderr)}"
+        out.append({"extracted": code, "correct": res.passed, "error": error})
+    return out
+
+
+def _last_line(text: str) -> str:
+    """The last non-empty line of a traceback (the exception), capped."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
 TASK = register(
     Task(
         name="mbpp",
@@ -45,5 +77,6 @@ TASK = register(
         from_hub=from_row,
         hub=("google-research-datasets/mbpp", "full"),
         note="embedded: the 500 test problems only, carved 300/50/150",
+        scorer=score,
     )
 )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .base import SPLITS, Example, carve
+from .base import SPLITS, Example, ScoreOptions, carve
 
 SPLITS_DIR = Path(__file__).resolve().parent.parent / "data" / "splits"
 
@@ -28,6 +28,14 @@ class Task:
     hub: tuple[str, str | None] | None = None  # (dataset id, config) of the paper's data
     hub_splits: dict[str, str] = field(default_factory=dict)  # our split name -> hub split name
     note: str = ""
+    # Evaluation: scorer(examples, generated texts, options) -> verdict dicts (see base.ScoreOptions);
+    # eval_mode is the default mode ("generate": free text, checked; "loglik": compare option log-likelihoods);
+    # loglik_context(example) is the plain-text context the options are appended to in "loglik" mode.
+    scorer: Callable[[Sequence[Example], Sequence[str], ScoreOptions], list[dict[str, Any]]] | None = None
+    eval_mode: str = "generate"
+    loglik_context: Callable[[Example], str] | None = None
+    # A task whose items are not embedded (BIRD): loader(split, n, source) replaces the committed-split lookup.
+    loader: Callable[[str, int, str], list[Example]] | None = None
 
 
 TASKS: dict[str, Task] = {}
@@ -40,7 +48,7 @@ def register(task: Task) -> Task:
 
 def get_task(name: str) -> Task:
     """The registered task called name (case-insensitive)."""
-    from . import arc, gsm8k, math, mbpp, mc  # noqa: F401  (modules register themselves)
+    from . import arc, bird, gsm8k, math, mbpp, mc  # noqa: F401  (modules register themselves)
 
     key = name.lower().replace("-", "_")
     if key not in TASKS:
@@ -83,6 +91,10 @@ def load(task_name: str, split: str = "test", n: int = 0, source: str = "embedde
     task = get_task(task_name)
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}' for task {task.name} (splits: {', '.join(SPLITS)})")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if task.loader is not None:
+        return task.loader(split, n, source)
     if source == "hf":
         items = load_hub(task, split)
     elif source == "embedded":
@@ -93,11 +105,21 @@ def load(task_name: str, split: str = "test", n: int = 0, source: str = "embedde
         items = [by_id[i] for i in ids]
     else:
         raise ValueError(f"unknown data source '{source}' (use 'embedded' or 'hf')")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
     if n and n > len(items):
         raise ValueError(f"asked for {n} items of {task.name}/{split}, which has only {len(items)}")
     return items[:n] if n else items
+
+
+def score(
+    task_name: str, examples: Sequence[Example], generated: Sequence[str], options: ScoreOptions | None = None
+) -> list[dict[str, Any]]:
+    """Check generated answers with the task's scorer: one {"extracted", "correct", "error"} dict per item."""
+    task = get_task(task_name)
+    if task.scorer is None:
+        raise ValueError(f"task {task.name} has no scorer for generated answers; evaluate it in 'loglik' mode")
+    if len(examples) != len(generated):
+        raise ValueError(f"{task.name}: {len(examples)} examples but {len(generated)} generated answers")
+    return task.scorer(examples, generated, options or ScoreOptions())
 
 
 def convert_rows(task: Task, rows: Iterable[dict[str, Any]], where: str) -> list[Example]:
