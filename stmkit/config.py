@@ -124,14 +124,36 @@ class EvalConfig:
     max_new_tokens: int = 256
     batch_size: int = 8
     drift_prompts: int = 20  # prompts per non-target task for the KL drift signal
+    drift_max_new_tokens: int = 96  # length cap of the base model's greedy answers that drift is measured on
     bootstrap: int = 1000  # bootstrap resamples for confidence intervals
     sandbox_timeout_s: float = 10.0
+    bird_dir: str = ""  # BIRD dev folder (dev.json + dev_databases/); "" = $STMKIT_BIRD_DIR, else the stand-in
 
     def validate(self, where: str) -> None:
         _check(self.n_items >= 0, where, "n_items", "must be >= 0")
         _check(self.max_new_tokens >= 1, where, "max_new_tokens", "must be >= 1")
         _check(self.batch_size >= 1, where, "batch_size", "must be >= 1")
         _check(self.sandbox_timeout_s > 0, where, "sandbox_timeout_s", "must be > 0")
+        _check(self.drift_prompts >= 0, where, "drift_prompts", "must be >= 0 (0 = no drift measurement)")
+        _check(self.drift_max_new_tokens >= 1, where, "drift_max_new_tokens", "must be >= 1")
+        _check(self.bootstrap >= 1, where, "bootstrap", "must be >= 1")
+        for i, spec in enumerate(self.tasks):
+            _check_task_spec(spec, where, f"tasks[{i}]")
+        if self.bird_dir:
+            _check(Path(self.bird_dir).expanduser().is_dir(), where, "bird_dir",
+                   f"is {self.bird_dir!r}, which is not a folder; point it at the unpacked BIRD dev set")
+
+
+def _check_task_spec(spec: str, where: str, key: str) -> None:
+    """A task list entry is a registered task name, optionally ':generate' or ':loglik'."""
+    from .tasks.registry import get_task
+
+    name, _, mode = spec.partition(":")
+    try:
+        get_task(name)
+    except KeyError as exc:
+        raise ConfigError(f"{where}: '{key}' {exc.args[0]}") from None
+    _check(mode in ("", "generate", "loglik"), where, key, f"has mode {mode!r}; use ':generate' or ':loglik'")
 
 
 @dataclass(frozen=True)

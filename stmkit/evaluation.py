@@ -1,14 +1,17 @@
-"""Evaluation: the paper's TI/BWT transfer metrics, bootstrap intervals and offline metric modules."""
+"""Evaluation: the paper's TI/BWT transfer metrics, bootstrap intervals, offline metric modules, and the task harness."""
 
 from __future__ import annotations
 
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .cache import atomic_write_text, canonical_json, content_key, sha256_file
 
 # --- metrics ---
 # Definitions as in the paper (Sec. 4 and Table 2): both are relative changes, in percent.
@@ -215,3 +218,451 @@ def load_metric(name: str, **kwargs: Any) -> Any:
     # keep_in_memory: the inputs are small, and it avoids lock and arrow files under ~/.cache.
     kwargs.setdefault("keep_in_memory", True)
     return evaluate.load(str(script), **kwargs)
+
+
+# --- task evaluation ---
+# evaluate_task runs one task on a list of items and checks the answers; evaluate_model runs a profile's tasks
+# and summarises them (accuracy with a bootstrap CI). Results are cached by everything that determines them.
+#
+# Modes:
+#   "generate": zero-shot chat prompt (the paper's), greedy decoding, the task's checker (MBPP asserts in the
+#               sandbox, GSM8K number, MATH equivalence, ARC letter, BIRD execution match).
+#   "loglik":   multiple choice by log-likelihood. Context = the task's plain-text format, no chat template
+#               (ARC/SciQ: "Question: <q>\nAnswer:", SciQ with its support passage first, PIQA: "Goal: <g>\nAnswer:"),
+#               each option appended as " <option>" (tokenised separately, so option tokens are exactly the
+#               option); the prediction is the option with the largest *sum* of token log-probs (the record also
+#               keeps the per-character-normalised choice, pred_index_norm).
+# A task spec in a task list may name the mode: "arc_challenge:loglik"; without one the task's default applies.
+
+EVAL_VERSION = 1
+MODES = ("generate", "loglik")
+
+
+def parse_task_spec(spec: str) -> tuple[str, str | None]:
+    """'arc_challenge:loglik' -> ('arc_challenge', 'loglik'); 'gsm8k' -> ('gsm8k', None)."""
+    name, _, mode = spec.partition(":")
+    if mode and mode not in MODES:
+        raise ValueError(f"task spec {spec!r}: unknown mode {mode!r} (modes: {', '.join(MODES)})")
+    return name.strip(), (mode or None)
+
+
+def resolve_mode(task_name: str, mode: str | None = "auto") -> str:
+    """The evaluation mode of a task: the one asked for, or the task's default for 'auto'/None."""
+    from .tasks import get_task
+
+    task = get_task(task_name)
+    if mode in (None, "auto"):
+        return task.eval_mode
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is unknown for task {task.name}; use one of {', '.join(MODES)} or 'auto'")
+    if mode == "loglik" and (task.loglik_context is None or task.kind != "mc"):
+        raise ValueError(f"task {task.name} is not multiple choice; evaluate it in 'generate' mode")
+    if mode == "generate" and task.scorer is None:
+        raise ValueError(f"task {task.name} has no checker for generated answers; use 'loglik'")
+    return mode
+
+
+@dataclass
+class TaskResult:
+    """One task evaluated on one model: per-item records, where they are saved, and how they were made."""
+
+    task: str
+    mode: str
+    split: str
+    records: list[dict[str, Any]]
+    items_path: Path
+    key: str
+    wall_s: float
+    cached: bool
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    @property
+    def correct(self) -> np.ndarray:
+        """Per-item correctness (1.0 / 0.0), in item order."""
+        return np.array([float(r["correct"]) for r in self.records])
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if self.records else float("nan")
+
+    def summary(self, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """accuracy with a percentile-bootstrap 95% CI over items, n, items_path, and how it was computed."""
+        acc, low, high = bootstrap_ci(self.correct, n_resamples=n_resamples, seed=seed) if self.records else (
+            float("nan"), float("nan"), float("nan"))
+        return {
+            "accuracy": acc,
+            "ci_low": low,
+            "ci_high": high,
+            "n": self.n,
+            "items_path": str(self.items_path),
+            "mode": self.mode,
+            "split": self.split,
+            "key": self.key,
+            "wall_s": round(self.wall_s, 3),
+            "cached": self.cached,
+        }
+
+
+def weights_fingerprint(model: Any) -> str:
+    """Hash of every parameter's bytes (and a PEFT model's adapter config): identifies the weights evaluated.
+
+    About a second per 500 MB on CPU; for big models pass a fingerprint you already have (e.g. models.fingerprint
+    of the base folder combined with adapter_fingerprint).
+    """
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+            # Bytes without a copy through numpy's dtype system (bf16 has no numpy dtype).
+            h.update(p.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        h.update(canonical_json({k: v.to_dict() for k, v in peft_config.items()}).encode())
+    return h.hexdigest()[:16]
+
+
+def adapter_fingerprint(adapter_dir: str | Path) -> str:
+    """Hash of an adapter folder's files (adapter_config.json, adapter weights)."""
+    import hashlib
+
+    folder = Path(adapter_dir)
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} has no adapter_config.json; pass the folder a PEFT model's save_pretrained wrote"
+        )
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.iterdir() if q.is_file() and not q.name.startswith(".")):
+        h.update(p.name.encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()[:16]
+
+
+def combined_fingerprint(base: str, adapter_dir: str | Path | None = None) -> str:
+    """Fingerprint of a base model plus (optionally) an adapter on top of it."""
+    if adapter_dir is None:
+        return base
+    return content_key("model+adapter", 1, base=base, adapter=adapter_fingerprint(adapter_dir))
+
+
+def load_adapter(base_model: Any, adapter_dir: str | Path) -> Any:
+    """A PEFT model: the adapter saved in adapter_dir on top of base_model (eval mode; unload() restores the base)."""
+    from peft import PeftModel
+
+    adapter_fingerprint(adapter_dir)  # a clear error for a folder without adapter_config.json
+    model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    return model.eval()
+
+
+def loglik_choices(
+    model: Any,
+    tokenizer: Any,
+    contexts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 8,
+    max_tokens_per_batch: int = 16384,
+    progress: bool = True,
+) -> list[list[float]]:
+    """Sum of token log-probs of each option after its context: one list per item, batched over all options."""
+    from .scoring import Rendered, score_rendered
+
+    rows: list[Rendered] = []
+    for i, (context, options) in enumerate(zip(contexts, choices, strict=True)):
+        ctx = list(tokenizer(context)["input_ids"])
+        if not options:
+            raise ValueError(f"item {i} has no options to compare")
+        for j, option in enumerate(options):
+            cont = list(tokenizer(" " + option.strip(), add_special_tokens=False)["input_ids"])
+            if not cont:
+                raise ValueError(f"item {i} option {j} ({option!r}) has no tokens")
+            rows.append(Rendered(f"{i}:{j}", ctx + cont, len(ctx)))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scored = score_rendered(model, rows, pad, batch_size, max_tokens_per_batch, progress)
+    sums = iter(float(np.sum(s.logprobs)) for s in scored)
+    return [[next(sums) for _ in options] for options in choices]
+
+
+def _records_loglik(
+    model: Any, tokenizer: Any, task: Any, items: Sequence[Any], batch_size: int, max_tokens: int, progress: bool
+) -> list[dict[str, Any]]:
+    from .tasks.arc import LETTERS
+
+    contexts = [task.loglik_context(ex) for ex in items]
+    lps = loglik_choices(
+        model, tokenizer, contexts, [ex.choices for ex in items], batch_size=batch_size,
+        max_tokens_per_batch=max_tokens, progress=progress,
+    )
+    out = []
+    for ex, lp in zip(items, lps, strict=True):
+        chars = [max(len(" " + c.strip()), 1) for c in ex.choices]
+        pred = int(np.argmax(lp))
+        pred_norm = int(np.argmax(np.asarray(lp) / np.asarray(chars)))
+        out.append({
+            "id": ex.id, "task": ex.task, "mode": "loglik", "extracted": LETTERS[pred], "gold": ex.answer,
+            "correct": pred == ex.gold_index, "error": "", "pred_index": pred, "pred_index_norm": pred_norm,
+            "gold_index": ex.gold_index, "choice_logprobs": lp, "choice_chars": chars,
+        })  # fmt: skip
+    return out
+
+
+def _records_generate(
+    model: Any, tokenizer: Any, task: Any, items: Sequence[Any], decoding: Any, batch_size: int, max_tokens: int,
+    options: Any, progress: bool,
+) -> list[dict[str, Any]]:
+    from . import generation
+    from .tasks.registry import score
+
+    completions = generation.generate(
+        model, tokenizer, [ex.prompt for ex in items], decoding, batch_size=batch_size,
+        max_tokens_per_batch=max_tokens, progress=progress, desc=f"{task.name}: generating",
+    )
+    texts = [c[0].text for c in completions]
+    verdicts = score(task.name, items, texts, options)
+    out = []
+    for ex, comp, verdict in zip(items, completions, verdicts, strict=True):
+        out.append({
+            "id": ex.id, "task": ex.task, "mode": "generate", "generated": comp[0].text,
+            "extracted": verdict["extracted"], "gold": ex.answer, "correct": bool(verdict["correct"]),
+            "error": verdict.get("error", ""), "n_tokens": len(comp[0].token_ids), "finished": comp[0].finished,
+        })  # fmt: skip
+    return out
+
+
+def _write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    import json
+
+    atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+
+
+def load_records(path: str | Path) -> list[dict[str, Any]]:
+    """Per-item records from an items JSONL file written by evaluate_task / evaluate_model."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"per-item predictions {path} not found; rerun the evaluation that wrote it")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def evaluate_task(
+    model: Any,
+    tokenizer: Any,
+    task_name: str,
+    items: Sequence[Any],
+    mode: str | None = "auto",
+    *,
+    fingerprint: str | None = None,
+    split: str = "test",
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    max_tokens_per_batch: int = 16384,
+    sandbox_timeout_s: float = 10.0,
+    workers: int = 2,
+    judge: Callable[[str, str, str], bool] | None = None,
+    cache: Any = None,
+    progress: bool = True,
+) -> TaskResult:
+    """Evaluate a model on a task's items: per-item records (id, generated, extracted, gold, correct) + accuracy.
+
+    Cached by model fingerprint (weights hash unless given), tokenizer, task, mode, split, the items themselves
+    (ids, prompts, answers; hence also their number), prompts.PROMPT_VERSION and the decoding settings.
+    """
+    import time
+
+    from . import generation
+    from .cache import Cache
+    from .scoring import data_fingerprint, tokenizer_fingerprint
+    from .tasks import ScoreOptions, get_task
+    from .tasks.prompts import PROMPT_VERSION
+
+    task = get_task(task_name)
+    mode = resolve_mode(task.name, mode)
+    if not items:
+        raise ValueError(f"no items to evaluate for task {task.name}; check n_items and the split {split!r}")
+    wrong = sorted({ex.task for ex in items} - {task.name})
+    if wrong:
+        raise ValueError(f"items of task(s) {wrong} passed to evaluate_task for {task.name}; load {task.name} items")
+    if isinstance(model, generation.VLLMEngine) and mode == "loglik":
+        raise ValueError(f"{task.name} in 'loglik' mode needs the transformers model; vLLM only generates")
+    cache = cache or Cache()
+    decoding = generation.greedy(max_new_tokens)
+    settings: dict[str, Any] = {"task": task.name, "mode": mode, "split": split, "n": len(items)}
+    if mode == "generate":
+        settings.update(decoding=decoding.key(), sandbox_timeout_s=sandbox_timeout_s,
+                        judge=None if judge is None else getattr(judge, "__qualname__", repr(judge)))
+    if fingerprint is None:
+        fingerprint = weights_fingerprint(model)
+    dtype = str(next(model.parameters()).dtype) if hasattr(model, "parameters") else "vllm"
+    answers = [(ex.id, ex.answer, list(ex.choices), ex.gold_index, list(ex.tests)) for ex in items]
+    key = content_key(
+        "eval", EVAL_VERSION, model=fingerprint, tokenizer=tokenizer_fingerprint(tokenizer), settings=settings,
+        data=data_fingerprint(items), answers=answers, prompt_version=PROMPT_VERSION, dtype=dtype,
+        generation_version=generation.GENERATION_VERSION,
+    )
+    hit = cache.get("eval", key)
+    if hit is not None:
+        meta = cache.meta("eval", key)
+        return TaskResult(task.name, mode, split, load_records(hit / "items.jsonl"), hit / "items.jsonl", key,
+                          float(meta.get("wall_s", 0.0)), True, settings)
+    t0 = time.perf_counter()
+    if mode == "loglik":
+        records = _records_loglik(model, tokenizer, task, items, batch_size, max_tokens_per_batch, progress)
+    else:
+        options = ScoreOptions(timeout_s=sandbox_timeout_s, workers=workers, judge=judge)
+        records = _records_generate(model, tokenizer, task, items, decoding, batch_size, max_tokens_per_batch,
+                                    options, progress)
+    wall = time.perf_counter() - t0
+    with cache.put("eval", key, meta={**settings, "wall_s": round(wall, 3), "model": fingerprint}) as tmp:
+        _write_jsonl(tmp / "items.jsonl", records)
+    path = cache.path("eval", key) / "items.jsonl"
+    return TaskResult(task.name, mode, split, records, path, key, wall, False, settings)
+
+
+def load_task_items(
+    task_spec: str, n_items: int, split: str = "test", source: str = "embedded", bird_dir: str | None = None
+) -> list[Any]:
+    """The first n_items (0 = all) of a task's split; BIRD from bird_dir / $STMKIT_BIRD_DIR, else the stand-in."""
+    from .tasks import load
+    from .tasks.bird import load_items as load_bird
+
+    name, _ = parse_task_spec(task_spec)
+    if name == "bird" and source != "hf":
+        return load_bird(split, n_items, bird_dir or None)
+    return load(name, split, n_items, source)
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    n_items: int,
+    *,
+    config: Any = None,
+    split: str = "test",
+    source: str = "embedded",
+    fingerprint: str | None = None,
+    out_dir: str | Path | None = None,
+    judge: Callable[[str, str, str], bool] | None = None,
+    cache: Any = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate a model on several tasks -> {task spec: {accuracy, ci_low, ci_high, n, items_path, mode, ...}}.
+
+    Settings (max_new_tokens, batch_size, sandbox_timeout_s, bootstrap, bird_dir) come from config, an
+    EvalConfig (defaults if None). With out_dir, each task's per-item JSONL is also written to
+    out_dir/<task spec>.jsonl, and items_path points there.
+    """
+    import shutil
+
+    from .config import EvalConfig
+
+    cfg = config or EvalConfig()
+    if isinstance(tasks, str):
+        raise TypeError(f"tasks must be a list of task names, not the string {tasks!r}")
+    fp = fingerprint or weights_fingerprint(model)
+    out: dict[str, dict[str, Any]] = {}
+    for spec in tasks:
+        name, mode = parse_task_spec(spec)
+        items = load_task_items(spec, n_items, split, source, cfg.bird_dir)
+        res = evaluate_task(
+            model, tokenizer, name, items, mode or "auto", fingerprint=fp, split=split,
+            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, sandbox_timeout_s=cfg.sandbox_timeout_s,
+            judge=judge, cache=cache, progress=progress,
+        )  # fmt: skip
+        summary = res.summary(n_resamples=cfg.bootstrap)
+        if out_dir is not None:
+            dest = Path(out_dir) / f"{spec.replace(':', '_')}.jsonl"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(res.items_path, dest)
+            summary["items_path"] = str(dest)
+        out[spec] = summary
+        if progress:
+            print(f"{spec:16s} {summary['accuracy']:.3f} [{summary['ci_low']:.3f}, {summary['ci_high']:.3f}] "
+                  f"n={summary['n']} ({'cached' if res.cached else f'{res.wall_s:.0f} s'})")
+    return out
+
+
+def item_scores(summary: Mapping[str, Any]) -> dict[str, float]:
+    """{item id: 1.0/0.0} from an evaluate_model summary entry (reads its items_path)."""
+    return {str(r["id"]): float(r["correct"]) for r in load_records(summary["items_path"])}
+
+
+def transfer_report(
+    before: Mapping[str, Mapping[str, Any]],
+    after: Mapping[str, Mapping[str, Any]],
+    target: str,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """TI and BWT with paired bootstrap CIs from two evaluate_model results, plus per-task changes.
+
+    Items are paired by id. Tasks whose original accuracy is 0 have no relative change: they are left out of
+    BWT (listed under "excluded") and reported by their absolute change only. TI is None when the target's
+    original accuracy is 0 (or the target was not evaluated).
+    """
+    tasks = [t for t in after if t in before]
+    if not tasks:
+        raise ValueError(f"no task is in both results (before: {list(before)}, after: {list(after)})")
+    b_items, a_items, per_task = {}, {}, {}
+    for t in tasks:
+        b, a = item_scores(before[t]), item_scores(after[t])
+        if set(b) != set(a):
+            raise ValueError(
+                f"task {t!r}: the two evaluations scored different items ({len(b)} vs {len(a)}); evaluate both "
+                "models with the same n_items and split"
+            )
+        ids = sorted(b)
+        b_items[t] = np.array([b[i] for i in ids])
+        a_items[t] = np.array([a[i] for i in ids])
+        diff = a_items[t] - b_items[t]
+        d, lo, hi = bootstrap_ci(diff, n_resamples=n_resamples, seed=seed)
+        base = float(b_items[t].mean())
+        per_task[t] = {
+            "before": base, "after": float(a_items[t].mean()), "change": d, "change_low": lo, "change_high": hi,
+            "relative_change": None if base == 0 else 100.0 * d / base, "n": len(ids),
+        }  # fmt: skip
+    target_key = next((t for t in tasks if parse_task_spec(t)[0].casefold() == target.casefold()), None)
+    excluded = [t for t in tasks if t != target_key and b_items[t].mean() == 0]
+    others = [t for t in tasks if t != target_key and t not in excluded]
+    report: dict[str, Any] = {"target": target, "per_task": per_task, "excluded": excluded, "bwt_tasks": others}
+    ti_defined = target_key is not None and b_items[target_key].mean() > 0
+    if not others:
+        report.update(ti=None, bwt=None, note="no non-target task with a non-zero original accuracy")
+        return report
+    # paired_bootstrap_transfer needs a target with a defined relative change; when ours has none, a constant
+    # placeholder task stands in (its TI is discarded) so that BWT and its interval are still computed.
+    tgt = target_key if ti_defined else "__no_target__"
+    bi = {t: b_items[t] for t in others} | {tgt: b_items[tgt] if ti_defined else np.ones(1)}
+    ai = {t: a_items[t] for t in others} | {tgt: a_items[tgt] if ti_defined else np.ones(1)}
+    res = paired_bootstrap_transfer(bi, ai, tgt, n_resamples=n_resamples, seed=seed)
+    report.update(res)
+    if not ti_defined:
+        report.update(ti=None, ti_low=None, ti_high=None)
+    return report
+
+
+def accuracy_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], with_ci: bool = False) -> Any:
+    """Raw accuracies in the shape of the paper's Table 12: one row per model/method, one column per task."""
+    import pandas as pd
+
+    from .tasks import get_task
+
+    rows = []
+    for label, res in results.items():
+        row: dict[str, Any] = {"method": label}
+        for spec, s in res.items():
+            name, mode = parse_task_spec(spec)
+            title = get_task(name).title + (f" ({mode})" if mode else "")
+            row[title] = (f"{s['accuracy']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if with_ci
+                          else s["accuracy"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")

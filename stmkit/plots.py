@@ -87,28 +87,33 @@ def tokens_html(scored: Scored, tokenizer: Any, tau: float = 2.5) -> str:
     return "".join(parts)
 
 
-def fig01_tokens(scored: Scored, tokenizer: Any, tau: float = 2.5, max_tokens: int = 160) -> Any:
+def fig01_tokens(scored: Scored, tokenizer: Any, tau: float = 2.5, max_tokens: int = 220) -> Any:
     """Figure 1 as an image: the response's tokens laid out as text, shaded by PPL, masked ones outlined."""
     use_style()
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     ax.axis("off")
-    x, y, line_h = 0.0, 1.0, 0.075
+    renderer = fig.canvas.get_renderer()
+    inv = ax.transAxes.inverted()
+    x, y, line_h, gap = 0.0, 1.0, 0.06, 0.002
     for tid, p in list(zip(scored.response_ids, scored.ppl, strict=True))[:max_tokens]:
-        text = tokenizer.decode([tid])
+        text = tokenizer.decode([tid]).replace("\t", "    ")
         for k, piece in enumerate(text.split("\n")):
             if k > 0:
                 x, y = 0.0, y - line_h
             if not piece:
                 continue
-            width = 0.0125 * len(piece.replace("\t", "    "))
-            if x + width > 1.0:
-                x, y = 0.0, y - line_h
-            ax.text(
+            t = ax.text(
                 x, y, piece.replace("$", r"\$"), family="monospace", fontsize=9, va="top",
-                bbox={"boxstyle": "square,pad=0.05", "fc": _ppl_color(p, tau), "ec": "#1f1f1f" if p > tau else "none",
-                      "lw": 0.8},
+                bbox={"boxstyle": "square,pad=0.1", "fc": _ppl_color(p, tau), "ec": "#1f1f1f" if p > tau else "none",
+                      "lw": 0.7},
             )
-            x += width
+            bb = inv.transform(t.get_window_extent(renderer))
+            width = bb[1][0] - bb[0][0]
+            if x > 0 and x + width > 1.0:  # wrap: move this token to the next line
+                x, y = 0.0, y - line_h
+                t.set_position((x, y))
+            x += width + gap
+    ax.set_ylim(min(0.0, y - line_h), 1.0)
     ax.set_title(f"Response tokens shaded by perplexity; outlined: PPL > tau = {tau:g} (p < {1 / tau:.2f}), masked "
                  "by STM", fontsize=10)
     return fig

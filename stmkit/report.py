@@ -1,0 +1,340 @@
+"""Every paper table and figure, built from the runs a profile recorded, and REPORT.md beside the paper's numbers.
+
+Each generator reads run.json records (never retrains) and returns a Section: what the kit measured, the paper's
+printed numbers next to it (from stmkit/data/paper, labelled as the paper's), the scale of the run, and a plain
+sentence on whether the paper's claim holds here. A generator whose inputs the profile did not produce says so.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .cache import atomic_write_text
+from .paper import PAPER_FIGURES, paper_table
+from .tables import save_table, to_markdown
+
+
+@dataclass
+class Section:
+    """One paper table or figure in the report."""
+
+    id: str  # table01 ... fig14
+    title: str
+    status: str = "missing"  # "made" | "missing" | "unavailable"
+    body: str = ""  # Markdown
+    files: list[str] = field(default_factory=list)
+    claim: str = ""
+
+
+@dataclass
+class Context:
+    """The recorded runs of one profile and where to write."""
+
+    root: Path
+    profile: str
+    runs: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, root: Path, profile: str) -> Context:
+        runs = {}
+        for path in sorted(Path(root).glob("runs/*/run.json")):
+            try:
+                runs[path.parent.name] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                continue
+        return cls(Path(root), profile, runs)
+
+    def by_stage(self, stage: str) -> dict[str, dict[str, Any]]:
+        return {n: r for n, r in self.runs.items() if r.get("stage") == stage}
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    def gather_figure(self, run: str, name: str, as_name: str | None = None) -> list[str]:
+        """Copy a run's figure (png + pdf) into results/<profile>/figures/, returning the new paths."""
+        out = []
+        for ext in ("png", "pdf"):
+            src = self.root / "runs" / run / "figures" / f"{name}.{ext}"
+            if src.is_file():
+                dst = self.figures_dir / f"{as_name or name}.{ext}"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                out.append(str(dst.relative_to(self.root)))
+        return out
+
+    def scale(self, record: dict[str, Any]) -> str:
+        cfg = record.get("config", {})
+        data = cfg.get("data", {})
+        return (f"model {cfg.get('model', {}).get('name')}, target {data.get('target')}, "
+                f"{data.get('n_train')} training examples, seed {cfg.get('seed')}")
+
+
+GENERATORS: dict[str, Callable[[Context], Section]] = {}
+
+
+def generator(ident: str) -> Callable:
+    def wrap(fn: Callable[[Context], Section]) -> Callable[[Context], Section]:
+        GENERATORS[ident] = fn
+        return fn
+
+    return wrap
+
+
+def _missing(ident: str, title: str, needs: str) -> Section:
+    return Section(ident, title, "missing", f"Not produced by this profile: needs {needs}.")
+
+
+def _unavailable(ident: str, title: str, why: str) -> Section:
+    return Section(ident, title, "unavailable", f"Not available in this kit: {why}.")
+
+
+def _paper_md(n: int, columns: list[str] | None = None, query: str | None = None) -> str:
+    df = paper_table(n)
+    if query:
+        df = df.query(query)
+    if columns:
+        df = df[[c for c in columns if c in df.columns]]
+    return f"*Paper (Table {n}, as printed):*\n\n" + to_markdown(df.reset_index(drop=True))
+
+
+# ---------------------------------------------------------------- token statistics (score / mask runs)
+
+
+@generator("table01")
+def table01(ctx: Context) -> Section:
+    title = "Table 1. Sequence PPL of training data by source"
+    runs = ctx.by_stage("score")
+    if not runs:
+        return _missing("table01", title, "a 01_score_tokens run")
+    name, rec = next(iter(runs.items()))
+    df = pd.DataFrame(rec["results"]["table01"])
+    files = save_table(df, "table01_ppl_stats", ctx.tables_dir, f"Table 1 (kit, {ctx.scale(rec)}).")
+    body = (f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n"
+            + _paper_md(1, ["scoring_model", "dataset", "training_data", "metric", "value"]))
+    gt = df[df["training_data"] == "Ground Truth"]
+    others = df[df["training_data"] != "Ground Truth"]
+    if others.empty:
+        claim = ("Ground truth vs model-generated data: not measured (no Self-Output/Rephrase sets yet); "
+                 f"{100 * float(gt['share_tokens_ppl_gt_2.5'].iloc[0]):.1f}% of ground-truth tokens have PPL > 2.5 "
+                 "(paper's models: about 20-24%).")
+    else:
+        lower = all(float(r["avg_ppl"]) < float(gt["avg_ppl"].iloc[0]) for _, r in others.iterrows())
+        claim = f"Model-generated data has lower sequence PPL than ground truth: {'yes' if lower else 'no'}."
+    return Section("table01", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files], claim)
+
+
+@generator("fig01")
+def fig01(ctx: Context) -> Section:
+    title = "Figure 1. A response with high-PPL tokens highlighted"
+    runs = ctx.by_stage("score")
+    if not runs:
+        return _missing("fig01", title, "a 01_score_tokens run")
+    name, rec = next(iter(runs.items()))
+    files = ctx.gather_figure(name, "fig01_ppl_tokens")
+    body = (f"Kit: training response `{rec['results'].get('example_id')}` of the target task under "
+            f"{ctx.scale(rec)}; the paper shows a MATH answer under Llama 3 8B Instruct. Interactive HTML: "
+            f"`runs/{name}/fig01_tokens.html`.")
+    return Section("fig01", title, "made", body, files, "Illustration; no claim to test.")
+
+
+@generator("fig03")
+def fig03(ctx: Context) -> Section:
+    title = "Figure 3. Token PPL along one answer per data source"
+    runs = ctx.by_stage("score")
+    if not runs:
+        return _missing("fig03", title, "a 01_score_tokens run")
+    name, rec = next(iter(runs.items()))
+    files = ctx.gather_figure(name, "fig03_ppl_trace")
+    n_sources = len(rec["results"].get("table01", []))
+    claim = ("Ground truth is spikier than the model's own answers: see the figure "
+             + ("(only ground truth was scored; no generated sets yet)." if n_sources < 2 else "(panels compared)."))
+    return Section("fig03", title, "made", f"Kit: {ctx.scale(rec)}.", files, claim)
+
+
+def _category_section(ctx: Context, ident: str, paper_model: str) -> Section:
+    title = f"Figure {int(ident[3:])}. Token categories of all vs high-PPL tokens ({paper_model} in the paper)"
+    runs = ctx.by_stage("mask")
+    if not runs:
+        return _missing(ident, title, "a 02_mask_tokens run")
+    if ident != "fig08":
+        return _missing(ident, title, f"mask runs on the paper's {paper_model} (profile `paper`); the offline "
+                        "profiles score with one model, shown in fig08")
+    name, rec = next(iter(runs.items()))
+    df = pd.DataFrame(rec["results"]["categories"])
+    files = ctx.gather_figure(name, "fig08_token_categories")
+    pivot = df.pivot_table(index="category", columns="tokens", values="share").reset_index()
+    more = {r["category"]: r["masked"] - r["all"] for _, r in pivot.iterrows()}
+    top = max(more, key=more.get)
+    claim = (f"Which category is over-represented among high-PPL tokens here: {top} "
+             f"({100 * more[top]:+.1f} points vs all tokens). The paper's figures show the categories' shares "
+             "for MATH under Llama 3 8B, Mistral 7B and Gemma 2 2B; no numbers are printed.")
+    return Section(ident, title, "made", f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(pivot), files, claim)
+
+
+for _ident, _model in [("fig08", "Llama 3 8B"), ("fig09", "Mistral 7B"), ("fig10", "Gemma 2 2B")]:
+    GENERATORS[_ident] = (lambda i, m: (lambda ctx: _category_section(ctx, i, m)))(_ident, _model)
+
+
+# ---------------------------------------------------------------- outputs this kit cannot make
+
+
+@generator("table09")
+def table09(ctx: Context) -> Section:
+    return _unavailable("table09", "Table 9. IFEval after MBPP training",
+                        "IFEval's prompts and checker are not shipped by any package the kit installs offline")
+
+
+@generator("table10")
+def table10(ctx: Context) -> Section:
+    return _unavailable("table10", "Table 10. AdvBench refusal after MBPP training",
+                        "AdvBench and a harmfulness judge are not available offline")
+
+
+TITLES = {
+    "table02": "Table 2. TI, BWT and data cost: Baseline, Self-Output, Rephrase, STM",
+    "table03": "Table 3. Masking high/random/low-PPL tokens and the tau sweep (MBPP)",
+    "table04": "Table 4. Full fine-tuning, LoRA and DoRA, with and without STM",
+    "table05": "Table 5. Learning-rate sweep, Baseline vs STM",
+    "table06": "Table 6. Self-BLEU of MATH samples after MBPP training",
+    "table07": "Table 7. ||ΔW|| of the LoRA update per training-data source",
+    "table08": "Table 8. Regularisation baselines vs STM (||ΔW||, BWT, TI)",
+    "table11": "Table 11. OLMo 2 7B and Gemma 2 9B: Baseline vs STM",
+    "table12": "Table 12. Raw accuracies on every task",
+    "table13": "Table 13. MATH target: tau sweep",
+    "table14": "Table 14. MATH target: STM, DPF, STM+DPF (Llama 3 8B)",
+    "table15": "Table 15. Masking ablation and tau sweep (Llama 3 8B)",
+    "table16": "Table 16. LoRA and DoRA with and without STM (Llama 3 8B)",
+    "table17": "Table 17. Data-preparation cost per method",
+    "table18": "Table 18. MATH target: STM, DPF, STM+DPF (Gemma 2 2B)",
+    "table19": "Table 19. Continual learning: MATH then MBPP with STM",
+    "table20": "Table 20. Self-Output correctness ablation (Llama 3 8B)",
+    "table21": "Table 21. Self-Output correctness ablation (Gemma 2 2B)",
+    **{f"fig{n:02d}": f"Figure {n}. {t}" for n, t in PAPER_FIGURES.items()},
+}
+
+NEEDS = {
+    "table02": "fine-tuning runs (04_sft: ground truth, STM, Self-Output, Rephrase) evaluated by 05_evaluate",
+    "table03": "STM high/random/low and tau-sweep runs evaluated by 05_evaluate",
+    "table04": "full/LoRA/DoRA runs with and without STM, evaluated",
+    "table05": "a learning-rate sweep of ground truth and STM runs, evaluated",
+    "table06": "Self-BLEU of sampled MATH answers after MBPP training (not implemented yet)",
+    "table07": "fine-tuning runs per training-data source (04_sft) with their ||ΔW||",
+    "table08": "regularisation runs (06_regularization) evaluated beside STM",
+    "table11": "the paper profile's OLMo 2 7B and Gemma 2 9B runs",
+    "table12": "evaluations (05_evaluate) of the base model and the fine-tuned runs",
+    "table13": "MATH-target tau-sweep runs, evaluated",
+    "table14": "MATH-target STM, DPF and STM+DPF runs on Llama 3 8B (paper profile)",
+    "table15": "the paper profile's Llama 3 8B ablation runs",
+    "table16": "the paper profile's Llama 3 8B LoRA/DoRA runs",
+    "table17": "data-generation runs (03_generate_data) with their costs",
+    "table18": "MATH-target STM, DPF and STM+DPF runs on Gemma 2 2B (paper profile)",
+    "table19": "a continual run: STM on MATH, then on MBPP, evaluated after each",
+    "table20": "Self-Output correctness-ablation runs (03_generate_data + 04_sft), evaluated",
+    "table21": "Self-Output correctness-ablation runs on Gemma 2 2B (paper profile)",
+    "fig02": "fine-tuning runs on labels from several generators, evaluated (BWT vs label PPL)",
+    "fig04": "ground truth, STM and Self-Output runs with per-epoch checkpoints, evaluated per epoch",
+    "fig05": "a tau sweep evaluated on every task",
+    "fig06": "a tau sweep on Gemma 2 2B (paper profile)",
+    "fig07": "convergence runs on Gemma 2 2B (paper profile)",
+    "fig11": "the weight-decay x dropout grid with checkpoints (06_regularization), evaluated on the target",
+    "fig12": "the weight-decay x dropout grid, evaluated on a non-target task",
+    "fig13": "LoRA runs per training-data source (ground truth, Self-Output, Rephrase) with weight analysis",
+    "fig14": "LoRA runs per training-data source with singular values of their updates",
+}
+
+ORDER = [f"table{n:02d}" for n in range(1, 22)] + [f"fig{n:02d}" for n in range(1, 15)]
+
+
+def build_sections(ctx: Context) -> list[Section]:
+    """Run every generator; a generator that fails is reported as such, never hides the others."""
+    out = []
+    for ident in ORDER:
+        fn = GENERATORS.get(ident)
+        if fn is None:
+            out.append(_missing(ident, TITLES[ident], NEEDS[ident]))
+            continue
+        try:
+            out.append(fn(ctx))
+        except Exception as exc:  # a broken generator is a bug to report, not a reason to lose the report
+            out.append(Section(ident, TITLES.get(ident, ident), "missing",
+                               f"The generator failed: `{type(exc).__name__}: {exc}`."))
+    return out
+
+
+def write_report(ctx: Context, sections: list[Section]) -> tuple[Path, Path]:
+    """results/<profile>/REPORT.md and REPORT.html."""
+    import mistune
+
+    made = [s for s in sections if s.status == "made"]
+    runs = ctx.runs
+    models = sorted({r.get("config", {}).get("model", {}).get("name", "?") for r in runs.values()})
+    lines = [
+        f"# stmkit report: profile `{ctx.profile}`",
+        "",
+        "Everything below was computed by the kit's own runs (`runs/*/run.json`); numbers labelled *Paper* are "
+        "the paper's printed values (arXiv 2501.14315), shipped in `stmkit/data/paper/`.",
+        "",
+        f"**Scale.** Model(s): {', '.join(models) or 'none'}. "
+        + ("These are small-scale results, not comparable in absolute terms with the paper's 2B-9B models. "
+           if ctx.profile != "paper" else ""),
+        "",
+        f"{len(made)} of {len(sections)} paper tables and figures made; the rest say what they need.",
+        "",
+        "| output | status | claim at this scale |",
+        "|---|---|---|",
+    ]
+    lines += [f"| [{s.id}](#{s.id}) | {s.status} | {s.claim or s.body.split(chr(10))[0]} |" for s in sections]
+    try:  # wall time of each notebook as the pipeline measured it (kernel start included)
+        wall = json.loads((ctx.root / "pipeline_timings.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        wall = {}
+    if runs:
+        lines += ["", "## Wall time per run", "",
+                  "| run | stage | notebook wall time (s) | inside the notebook (s) |", "|---|---|---|---|"]
+        lines += [f"| {n} | {r.get('stage')} | {wall.get(n, '-')} | {r.get('timings_s', {}).get('total', '-')} |"
+                  for n, r in runs.items()]
+        total = sum(float(v) for v in wall.values())
+        if total:
+            lines += ["", f"Total notebook wall time of the last executions: {total:.0f} s ({total / 60:.1f} min)."]
+    for s in sections:
+        lines += ["", f'<a id="{s.id}"></a>', f"## {s.title}", "", f"Status: **{s.status}**.", ""]
+        if s.claim:
+            lines += [f"**Claim at this scale:** {s.claim}", ""]
+        if s.body:
+            lines += [s.body, ""]
+        for f in s.files:
+            if f.endswith(".png"):
+                lines += [f"![{s.id}]({f})", ""]
+            elif f.endswith(".csv"):
+                lines += [f"Data: `{f}`", ""]
+    md = "\n".join(lines) + "\n"
+    md_path, html_path = ctx.root / "REPORT.md", ctx.root / "REPORT.html"
+    atomic_write_text(md_path, md)
+    html = mistune.html(md)
+    atomic_write_text(
+        html_path,
+        "<!doctype html><meta charset='utf-8'><title>stmkit report</title>"
+        "<style>body{font-family:sans-serif;max-width:980px;margin:auto;padding:1em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style>\n" + html,
+    )
+    return md_path, html_path
+
+
+def build_report(root: Path, profile: str) -> list[Section]:
+    """Build every table and figure from the recorded runs and write the report."""
+    ctx = Context.load(root, profile)
+    sections = build_sections(ctx)
+    write_report(ctx, sections)
+    return sections

@@ -1,0 +1,767 @@
+"""Fine-tuning with TRL's SFTTrainer on prepared data (input_ids + labels, -100 = not trained).
+
+Every method (ground truth, STM, random, low, quantile masking; Self-Output and Rephrase data) goes through the one
+entry point `train`: methods differ only in their dataset. What this module guarantees, and why:
+
+- Labels are used as given. TRL 1.16 treats a dataset with an `input_ids` column as already processed and a
+  `labels` column as final ("left as is", `SFTTrainer._prepare_dataset`); its `DataCollatorForLanguageModeling`
+  pads `input_ids` with the pad token and `labels` with -100 on the right. We pass `max_length=None` so TRL neither
+  truncates (our rendering already did, and counted it) nor runs its filter that silently drops examples whose
+  labels are all -100. Such examples are refused here instead, and the number of examples the trainer holds is
+  checked against what we passed.
+- Loss = mean NLL over the trained tokens of the whole accumulated batch. transformers 5 counts the trained tokens
+  of all micro-batches of an optimizer step (`num_items_in_batch`, over `labels[..., 1:]`) and TRL divides each
+  micro-batch's summed NLL by it, so gradient accumulation 8x1 equals one batch of 8 (tests/test_training.py).
+- Same examples, same order: the sampler is seeded by the training seed only, so ground truth and STM runs of one
+  dataset see the same examples in the same order for the same number of steps; the order is recorded.
+- KL-to-base (paper Table 8): loss = CE + kl_coef * KL(p_base || p_tuned) on the trained tokens, the base being the
+  same PEFT model with its adapter disabled (no second copy). The reference implementation adds `-kl_coef * KL`,
+  which rewards divergence; the kit follows the paper's intent (`kl_mode="reference"` reproduces the code).
+- Adapters are standard PEFT folders. `adapter_config.json`'s `base_model_name_or_path` is portable: the Hugging Face
+  id for hub models, the stmkit registry name for the embedded and tiny models (resolve it with `load_trained`, or
+  pass the resolved folder as lm-evaluation-harness's `pretrained=`), or the path given for local folders.
+  `AutoPeftModelForCausalLM.from_pretrained(dir)` works whenever that reference resolves in transformers (hub ids,
+  paths); `lm_eval_model_args(dir)` prints the `--model_args` string for lm-evaluation-harness.
+- Cached: a trained model is keyed by the training config, the data (input_ids + labels, in order), the model
+  fingerprint, seed, precision and world size; a rerun with nothing changed trains nothing.
+
+Multi-GPU: `accelerate launch --config_file configs/accelerate/<ddp|fsdp|deepspeed_zero3>.yaml -m stmkit.training
+--profile paper --method stm` runs the 04_sft pipeline (score, mask, train) on every GPU; see `ACCELERATE_HELP`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache import Cache, atomic_write_json, content_key
+from .config import TrainingConfig
+
+TRAINING_VERSION = 1
+IGNORE = -100
+RESULT_FILE = "train_result.json"
+MODEL_INFO = "stmkit_model.json"
+METHODS = {  # notebook `method` -> (masking rule, training data source)
+    "gt": ("none", "ground_truth"),
+    "stm": ("threshold", "ground_truth"),
+    "random": ("random", "ground_truth"),
+    "low": ("low", "ground_truth"),
+    "quantile": ("quantile", "ground_truth"),
+    "self_output": ("none", "Self-Output"),
+    "rephrase": ("none", "Rephrase"),
+}
+METHOD_LABELS = {"gt": "Ground Truth", "stm": "STM", "random": "Random", "low": "Low", "quantile": "Quantile",
+                 "self_output": "Self-Output", "rephrase": "Rephrase"}
+
+ACCELERATE_HELP = """\
+Multi-GPU training (configs/accelerate/):
+  ddp.yaml             data parallel, one full model copy per GPU (LoRA/DoRA on models that fit one GPU)
+  fsdp.yaml            FSDP2, parameters/gradients/optimizer sharded (full fine-tuning of 7-9B models)
+  deepspeed_zero3.yaml DeepSpeed ZeRO-3 (needs `pip install deepspeed`), the same sharding via DeepSpeed
+Set num_processes in the file (or --num_processes N) to the number of GPUs, then e.g.:
+  accelerate launch --config_file configs/accelerate/ddp.yaml -m stmkit.training \\
+      --profile paper --overrides "model.name=llama-3-8b-instruct" --method stm --run-name sft-stm
+training.batch_size is per GPU: the effective batch is batch_size x GPUs x grad_accum, and the world size is
+part of the adapter's cache key. Every rank scores (the main rank first, the others read its cache), masks
+and trains; only the main rank writes the adapter, run.json and the cache entry.
+"""
+
+
+class TrainingDataError(ValueError):
+    """A training dataset that would train wrongly or silently lose examples; the message names the row."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def as_dataset(data: Any, name: str = "train_dataset") -> Any:
+    """A datasets.Dataset with input_ids and labels from a MaskResult, a Dataset or a list of dicts."""
+    import datasets
+
+    if hasattr(data, "to_dataset"):  # stmkit.masking.MaskResult
+        return data.to_dataset()
+    if isinstance(data, datasets.Dataset):
+        return data
+    if isinstance(data, Sequence):
+        if not data:
+            raise TrainingDataError(f"{name} is empty; nothing to train on")
+        return datasets.Dataset.from_list([dict(r) for r in data])
+    raise TrainingDataError(
+        f"{name} is a {type(data).__name__}; pass a MaskResult (stmkit.masking), a datasets.Dataset or a list of "
+        "dicts with input_ids and labels"
+    )
+
+
+def check_dataset(ds: Any, name: str = "train_dataset") -> dict[str, int]:
+    """Refuse data TRL would mistrain or drop; return counts of examples and tokens.
+
+    Each row needs input_ids and labels of equal length, labels either -100 or the input token at that position,
+    and at least one trained token after the first position (a causal LM never predicts position 0).
+    """
+    missing = {"input_ids", "labels"} - set(ds.column_names)
+    if missing:
+        raise TrainingDataError(
+            f"{name} has no {sorted(missing)} column(s) (columns: {ds.column_names}); build it with "
+            "stmkit.masking.mask_dataset(...).to_dataset()"
+        )
+    if len(ds) == 0:
+        raise TrainingDataError(f"{name} is empty; nothing to train on")
+    ids_col = ds["id"] if "id" in ds.column_names else None
+    n_tokens = n_trained = 0
+    for i, (ids, labels) in enumerate(zip(ds["input_ids"], ds["labels"], strict=True)):
+        where = f"{name} row {i}" + (f" (id {ids_col[i]!r})" if ids_col is not None else "")
+        if len(ids) != len(labels):
+            raise TrainingDataError(f"{where}: {len(ids)} input_ids but {len(labels)} labels; they must align")
+        trained = sum(1 for lab in labels[1:] if lab != IGNORE)
+        if trained == 0:
+            raise TrainingDataError(
+                f"{where}: every label is -100, so TRL would drop the example silently. Mask with "
+                "masking.fully_masked='keep_eos' (keeps the end-of-turn token trainable) or 'drop' (removes and "
+                "counts it) before training"
+            )
+        bad = next((t for t, (a, b) in enumerate(zip(ids, labels, strict=True)) if b != IGNORE and a != b), None)
+        if bad is not None:
+            raise TrainingDataError(
+                f"{where}: label {labels[bad]} at position {bad} differs from the input token {ids[bad]}; labels "
+                "must be the input_ids with untrained positions set to -100 (TRL shifts them itself)"
+            )
+        n_tokens += len(ids)
+        n_trained += trained
+    return {"examples": len(ds), "tokens": n_tokens, "trained_tokens": n_trained}
+
+
+def dataset_fingerprint(ds: Any) -> str:
+    """Hash of the rows' input_ids and labels, in order (what training sees)."""
+    return content_key("train-data", 1, input_ids=ds["input_ids"], labels=ds["labels"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class TrainResult:
+    """A trained adapter (or full model) and what happened while training it."""
+
+    dir: Path  # the cache entry (or out_dir): adapter/, checkpoints/, train_result.json
+    key: str
+    finetune: str
+    base_model: str  # portable base reference (registry name, hub id or path)
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # {"step", "epoch", "dir"} (dir relative)
+    order: list[list[int]] = field(default_factory=list)  # dataset rows of each micro-batch, in training order
+    cached: bool = False
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.dir / "adapter"
+
+    def checkpoint_dirs(self) -> list[Path]:
+        return [self.dir / c["dir"] for c in self.checkpoints]
+
+    def train_losses(self) -> Any:
+        """Per-step training loss: DataFrame with step, epoch, loss (and kl/ce for KL runs)."""
+        import pandas as pd
+
+        rows = [
+            {k: h[k] for k in ("step", "epoch", "loss", "learning_rate", "kl_to_base", "ce") if k in h}
+            for h in self.log_history
+            if "loss" in h and "train_runtime" not in h
+        ]
+        return pd.DataFrame(rows, columns=None if rows else ["step", "epoch", "loss"])
+
+    def eval_losses(self) -> Any:
+        """Validation loss at step 0 (the base model), each checkpoint and each epoch end: step, epoch, eval_loss."""
+        import pandas as pd
+
+        rows = [{"step": h["step"], "epoch": h.get("epoch", 0.0), "eval_loss": h["eval_loss"]}
+                for h in self.log_history if "eval_loss" in h]
+        return pd.DataFrame(rows, columns=["step", "epoch", "eval_loss"])
+
+    def summary(self) -> dict[str, Any]:
+        """The scalar results a notebook records in run.json."""
+        ev = self.eval_losses()
+        return {
+            "key": self.key,
+            "cached": self.cached,
+            "finetune": self.finetune,
+            "adapter_dir": str(self.adapter_dir),
+            **{k: v for k, v in self.record.items() if not isinstance(v, list | dict)},
+            "final_eval_loss": float(ev["eval_loss"].iloc[-1]) if len(ev) else None,
+            "checkpoints": [str(p) for p in self.checkpoint_dirs()],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("dir")
+        d.pop("cached")
+        return d
+
+    @classmethod
+    def load(cls, folder: Path, cached: bool = True) -> TrainResult:
+        data = json.loads((Path(folder) / RESULT_FILE).read_text())
+        return cls(dir=Path(folder), cached=cached, **data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model references
+
+
+def base_reference(name_or_path: str) -> str:
+    """What adapters record as their base model: hub id for hub models, registry name for local ones, else as given."""
+    from .models import REGISTRY
+
+    spec = REGISTRY.get(name_or_path)
+    if spec is not None and spec.kind == "hub":
+        return spec.hf_id or name_or_path
+    return str(name_or_path)
+
+
+def _resolve_base(ref: str, adapter_dir: Path) -> str:
+    """A registry name, hub id or path (relative to the cwd, else to the adapter folder) -> loadable reference."""
+    from .models import REGISTRY
+
+    if ref in REGISTRY or Path(ref).expanduser().exists():
+        return ref
+    beside = (Path(adapter_dir) / ref).resolve()
+    return str(beside) if beside.exists() else ref
+
+
+def load_trained(adapter_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+    """(model, tokenizer) of a trained adapter or full model folder, its base resolved through stmkit.models."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .models import load_model, pick_device, pick_dtype
+
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise FileNotFoundError(f"{adapter_dir} is not a folder; pass TrainResult.adapter_dir (or a checkpoint folder)")
+    cfg_path = adapter_dir / "adapter_config.json"
+    if cfg_path.is_file():
+        from peft import PeftModel
+
+        ref = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
+        if not ref:
+            raise ValueError(f"{cfg_path} has no base_model_name_or_path; set it to the base model's name or path")
+        base, tok = load_model(_resolve_base(ref, adapter_dir), device, dtype)
+        model = PeftModel.from_pretrained(base, adapter_dir)
+    elif (adapter_dir / "config.json").is_file():
+        dev = pick_device(device)
+        model = AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=pick_dtype(dtype, dev)).to(dev)
+        tok = AutoTokenizer.from_pretrained(adapter_dir)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    else:
+        raise FileNotFoundError(f"{adapter_dir} has neither adapter_config.json (PEFT) nor config.json (full model)")
+    model.eval()
+    return model, tok
+
+
+def base_model_of(adapter_dir: str | os.PathLike) -> str:
+    """The base model reference a trained folder records (stmkit_model.json, else adapter_config.json)."""
+    adapter_dir = Path(adapter_dir)
+    info = adapter_dir / MODEL_INFO
+    if info.is_file():
+        return json.loads(info.read_text())["base_model"]
+    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def lm_eval_model_args(adapter_dir: str | os.PathLike) -> str:
+    """`--model_args` for lm-evaluation-harness's `hf` model: the resolved base folder plus `peft=` the adapter."""
+    from .models import resolve
+
+    adapter_dir = Path(adapter_dir).resolve()
+    base = resolve(_resolve_base(base_model_of(adapter_dir), adapter_dir))
+    if (adapter_dir / "adapter_config.json").is_file():
+        return f"pretrained={base},peft={adapter_dir}"
+    return f"pretrained={adapter_dir}"
+
+
+def _write_model_info(folder: Path, base_ref: str, finetune: str, model_fp: str) -> None:
+    """Point the saved folder's base reference at something portable and record what it was trained from."""
+    cfg_path = folder / "adapter_config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        cfg["base_model_name_or_path"] = base_ref
+        atomic_write_json(cfg_path, cfg)
+    atomic_write_json(folder / MODEL_INFO, {"base_model": base_ref, "finetune": finetune, "model_fingerprint": model_fp})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trainer pieces
+
+
+def _trainer_class() -> type:
+    """SFTTrainer with the KL-to-base regulariser (built lazily: importing TRL takes seconds)."""
+    import torch
+    from trl import SFTTrainer
+
+    class STMTrainer(SFTTrainer):
+        """SFTTrainer + optional KL(p_base || p_tuned) on the trained tokens, base = adapter disabled."""
+
+        kl_coef: float = 0.0
+        kl_sign: float = 1.0  # +1 penalises divergence (paper); -1 rewards it (reference implementation)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.kl_coef == 0 or not model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"]
+            # position t predicts token t+1: keep the hidden states whose next label is trained
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != IGNORE
+            targets = labels[:, 1:][keep[:, :-1]]
+            fwd = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+            peft_model = self.accelerator.unwrap_model(model)
+            # Through the wrapped model (DDP/FSDP/ZeRO hooks run), logits only at the kept positions.
+            with torch.no_grad(), peft_model.disable_adapter():
+                base_logits = model(**fwd, logits_to_keep=keep, use_cache=False).logits.float()
+            logits = model(**fwd, logits_to_keep=keep, use_cache=False).logits.float()
+            logp = torch.log_softmax(logits, -1)
+            logp_base = torch.log_softmax(base_logits, -1)
+            nll = -logp.gather(-1, targets[:, None]).sum()
+            kl = (logp_base.exp() * (logp_base - logp)).sum()
+            n = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+            loss = (nll + self.kl_sign * self.kl_coef * kl) / torch.as_tensor(n).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as TRL/Trainer: DDP averages gradients over ranks
+            local = max(int(targets.numel()), 1)
+            self._metrics["train"]["kl_to_base"].append(kl.item() / local)
+            self._metrics["train"]["ce"].append(nll.item() / local)
+            return (loss, None) if return_outputs else loss
+
+    return STMTrainer
+
+
+class _RowCollator:
+    """TRL's collator, recording which dataset rows each training micro-batch holds (eval batches have no _row)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.order: list[list[int]] = []
+        self.tokens = 0
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        if "_row" in examples[0]:
+            self.order.append([int(e["_row"]) for e in examples])
+            self.tokens += sum(len(e["input_ids"]) for e in examples)
+        return self.inner([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+
+
+def _callbacks(trainer: Any, out: Path, every_steps: int, every_epochs: float, has_eval: bool, save: Any) -> Any:
+    from transformers import TrainerCallback
+
+    class Checkpoints(TrainerCallback):
+        """Save the adapter (not optimizer state) and evaluate at fixed steps and at each epoch end."""
+
+        def __init__(self):
+            self.saved: list[dict[str, Any]] = []
+            self.every = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            per_epoch = max(1, math.ceil(len(kw["train_dataloader"]) / args.gradient_accumulation_steps))
+            self.per_epoch = per_epoch
+            self.every = every_steps or (max(1, round(every_epochs * per_epoch)) if every_epochs else 0)
+
+        def on_step_end(self, args, state, control, **kw):
+            step = state.global_step
+            epoch_end = step % self.per_epoch == 0
+            if (self.every and step % self.every == 0) or epoch_end or step == state.max_steps:
+                if has_eval:
+                    control.should_evaluate = True
+            if self.every and step % self.every == 0 and step < state.max_steps:
+                rel = f"checkpoints/step-{step:06d}"
+                save(trainer, out / rel)
+                self.saved.append({"step": step, "epoch": round(step / self.per_epoch, 4), "dir": rel})
+            return control
+
+    return Checkpoints()
+
+
+def _time_evaluations(trainer: Any) -> list[float]:
+    """Make trainer.evaluate add its wall time to the returned one-element list (to subtract it from training)."""
+    spent = [0.0]
+    evaluate = trainer.evaluate
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    trainer.evaluate = timed
+    return spent
+
+
+def _precision(finetune: str, device: str, dtype: str) -> tuple[Any, bool, bool]:
+    """(dtype to load the model in, bf16 autocast, fp16 autocast): fp32 on CPU; bf16 on GPU from the same config."""
+    import torch
+
+    from .models import pick_dtype
+
+    want = pick_dtype(dtype, device)
+    if device == "cpu":
+        if want != torch.float32:
+            raise ValueError(f"training on CPU needs float32 (got model.dtype {dtype}); use dtype 'auto' or 'float32'")
+        return torch.float32, False, False
+    # Full fine-tuning keeps fp32 master weights (AdamW on bf16 weights loses small updates) and autocasts.
+    load = torch.float32 if finetune == "full" else want
+    return load, want == torch.bfloat16, want == torch.float16
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def training_key(cfg: TrainingConfig, data_fp: str, eval_fp: str | None, model_fp: str, seed: int,
+                 precision: str, world_size: int = 1) -> str:
+    """Cache key of a trained model: exactly what determines it."""
+    return content_key(
+        "adapter", TRAINING_VERSION, config=asdict(cfg), data=data_fp, eval=eval_fp, model=model_fp, seed=seed,
+        precision=precision, world_size=world_size,
+    )
+
+
+def _save(trainer: Any, folder: Path) -> None:
+    trainer.save_model(str(folder))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def train(
+    model_name_or_path: str,
+    train_dataset: Any,
+    cfg: TrainingConfig,
+    *,
+    tokenizer: Any = None,
+    eval_dataset: Any = None,
+    seed: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    cache: Cache | None | bool = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune a model on prepared data with TRL's SFTTrainer; cached by everything that determines the result.
+
+    train_dataset: a MaskResult, Dataset or list of dicts with input_ids and labels (-100 = not trained).
+    eval_dataset: the same kind, for the validation-loss curve (usually ground-truth labels for every method).
+    cache: a Cache (default: the user's), or False to train into out_dir without caching.
+    """
+    import torch
+
+    from .models import fingerprint, load_tokenizer, pick_device
+
+    seed = cfg.seed if seed is None else seed
+    ds = as_dataset(train_dataset, "train_dataset")
+    counts = check_dataset(ds, "train_dataset")
+    eval_ds = as_dataset(eval_dataset, "eval_dataset") if eval_dataset is not None else None
+    if eval_ds is not None:
+        check_dataset(eval_ds, "eval_dataset")
+    dev = pick_device(device)
+    load_dtype, bf16, fp16 = _precision(cfg.finetune, dev, dtype)
+    precision = "bf16" if bf16 else "fp16" if fp16 else str(load_dtype).replace("torch.", "")
+    model_fp = fingerprint(model_name_or_path)
+    key = training_key(
+        cfg, dataset_fingerprint(ds), dataset_fingerprint(eval_ds) if eval_ds is not None else None, model_fp,
+        seed, f"{dev}:{precision}", _world_size(),
+    )
+    base_ref = base_reference(model_name_or_path)
+    if cache is False:
+        if out_dir is None:
+            raise ValueError("train(cache=False) needs out_dir: where to write the adapter")
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return _train_into(folder, model_name_or_path, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16,
+                           fp16, revision, progress, key, base_ref, model_fp, counts, cached=False)
+    cache = cache if isinstance(cache, Cache) else Cache()
+    hit = cache.get("adapters", key, deep=False)
+    if hit is not None:
+        return TrainResult.load(hit)
+    tokenizer = tokenizer or load_tokenizer(model_name_or_path, revision)
+    meta = {"model": base_ref, "finetune": cfg.finetune, "examples": counts["examples"], "torch": torch.__version__}
+    if not _is_main():  # other ranks train alongside the main one; only the main rank writes the cache entry
+        with tempfile.TemporaryDirectory(prefix="stmkit-rank-") as tmp:
+            _train_into(Path(tmp), model_name_or_path, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16,
+                        fp16, revision, progress, key, base_ref, model_fp, counts, cached=False)
+        return TrainResult(cache.path("adapters", key), key, cfg.finetune, base_ref)
+    with cache.put("adapters", key, meta=meta) as tmp:
+        _train_into(tmp, model_name_or_path, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16, fp16,
+                    revision, progress, key, base_ref, model_fp, counts, cached=False)
+    return TrainResult.load(cache.path("adapters", key), cached=False)
+
+
+def _train_into(
+    folder: Path, model_name: str, tokenizer: Any, ds: Any, eval_ds: Any, cfg: TrainingConfig, seed: int, dev: str,
+    load_dtype: Any, bf16: bool, fp16: bool, revision: str | None, progress: bool, key: str, base_ref: str,
+    model_fp: str, counts: dict[str, int], cached: bool,
+) -> TrainResult:
+    """Build the trainer, train, save adapter + checkpoints + train_result.json into folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import SFTConfig
+
+    from .models import ModelUnavailableError, load_tokenizer, resolve
+
+    tokenizer = tokenizer or load_tokenizer(model_name, revision)
+    set_seed(seed)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve(model_name), dtype=load_dtype, revision=revision)
+    except OSError as exc:
+        raise ModelUnavailableError(f"model '{model_name}' could not be loaded for training: {exc}") from exc
+    if dev == "cpu":
+        model.to("cpu")
+    peft_config = None
+    if cfg.finetune in ("lora", "dora"):
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules="all-linear",
+            use_dora=cfg.finetune == "dora", bias="none", task_type="CAUSAL_LM",
+        )
+    if cfg.kl_coef > 0 and peft_config is None:
+        raise ValueError("kl_coef > 0 needs finetune lora or dora: the frozen base is the adapter disabled")
+    args = SFTConfig(
+        output_dir=str(folder / "_trainer"),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps in transformers 5
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
+        max_grad_norm=cfg.max_grad_norm,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=dev == "cpu",
+        bf16=bf16,
+        fp16=fp16,
+        max_length=None,  # data are rendered and truncated already; None also disables TRL's silent filter
+        packing=False,
+        shuffle_dataset=False,
+        remove_unused_columns=False,  # keep _row for the order record; the collator drops it
+        dataset_num_proc=None,
+        logging_steps=1,
+        eval_strategy="no",  # evaluation is triggered by the checkpoint callback
+        save_strategy="no",  # adapters only, via the callback; no optimizer states on disk
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    trainer_cls = _trainer_class()
+    train_rows = ds.select_columns(["input_ids", "labels"]).add_column("_row", list(range(len(ds))))
+    eval_rows = eval_ds.select_columns(["input_ids", "labels"]) if eval_ds is not None else None
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                          processing_class=tokenizer, peft_config=peft_config)
+    trainer.kl_coef = cfg.kl_coef
+    trainer.kl_sign = 1.0 if cfg.kl_mode == "penalty" else -1.0
+    if len(trainer.train_dataset) != counts["examples"]:  # TRL must not drop or add examples
+        raise RuntimeError(
+            f"SFTTrainer holds {len(trainer.train_dataset)} training examples, but {counts['examples']} were passed; "
+            "refusing to train on a silently changed dataset"
+        )
+    collator = _RowCollator(trainer.data_collator)
+    trainer.data_collator = collator
+    ckpt = _callbacks(trainer, folder, cfg.save_every_steps, cfg.save_every_epochs, eval_rows is not None, _save)
+    trainer.add_callback(ckpt)
+    initial = []
+    if eval_rows is not None:  # epoch 0: the base model's validation loss (Figures 4 and 7 start there)
+        initial = [{"eval_loss": trainer.evaluate()["eval_loss"], "epoch": 0.0, "step": 0}]
+    eval_time = _time_evaluations(trainer)
+    t0 = time.perf_counter()
+    out = trainer.train()
+    wall = time.perf_counter() - t0 - eval_time[0]  # training only, for tokens/s and s/step
+    _save(trainer, folder / "adapter")
+    for c in ckpt.saved + [{"dir": "adapter"}]:
+        (folder / c["dir"] / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing loads it
+    for c in ckpt.saved:
+        _write_model_info(folder / c["dir"], base_ref, cfg.finetune, model_fp)
+    _write_model_info(folder / "adapter", base_ref, cfg.finetune, model_fp)
+    shutil.rmtree(folder / "_trainer", ignore_errors=True)
+
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
+    per_epoch = ckpt.per_epoch
+    last_epoch = losses[-min(per_epoch, len(losses)):] if losses else []
+    seen = [r for mb in collator.order for r in mb]
+    trained_seen = sum(counts_trained(ds["labels"][r]) for r in seen)
+    record = {
+        "examples": counts["examples"],
+        "tokens": counts["tokens"],
+        "trained_tokens": counts["trained_tokens"],
+        "examples_seen": len(seen),
+        "distinct_examples_seen": len(set(seen)),
+        "steps": trainer.state.global_step,
+        "steps_per_epoch": per_epoch,
+        "epochs": float(trainer.state.epoch or 0.0),
+        "train_wall_s": round(wall, 3),
+        "tokens_per_s": round(collator.tokens / wall, 1) if wall else None,
+        "trained_tokens_per_s": round(trained_seen / wall, 1) if wall else None,
+        "s_per_step": round(wall / max(trainer.state.global_step, 1), 4),
+        "final_train_loss": losses[-1] if losses else None,
+        "last_epoch_train_loss": sum(last_epoch) / len(last_epoch) if last_epoch else None,
+        "mean_train_loss": out.training_loss,
+        "world_size": _world_size(),
+        "device": dev,
+        "precision": "bf16" if bf16 else "fp16" if fp16 else str(load_dtype).replace("torch.", ""),
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "seed": seed,
+        "config": asdict(cfg),
+    }
+    if record["distinct_examples_seen"] != counts["examples"] and record["epochs"] >= 1:
+        raise RuntimeError(
+            f"training saw {record['distinct_examples_seen']} distinct examples of {counts['examples']} in "
+            f"{record['epochs']:.2f} epochs; some examples were skipped"
+        )
+    result = TrainResult(folder, key, cfg.finetune, base_ref, initial + trainer.state.log_history, record,
+                         ckpt.saved, collator.order, cached)
+    atomic_write_json(folder / RESULT_FILE, result.to_json())
+    del trainer, model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def counts_trained(labels: Sequence[int]) -> int:
+    """Trained (predicted) tokens of one row: labels after the first position that are not -100."""
+    return sum(1 for lab in labels[1:] if lab != IGNORE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurements on trained models
+
+
+def kl_to_base(model: Any, data: Any, base_model: Any = None, batch_size: int = 8, progress: bool = False) -> float:
+    """Mean KL(p_base || p_tuned) per trained token of data; base = adapter disabled (or base_model if given)."""
+    import contextlib
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from .scoring import _pad
+
+    ds = as_dataset(data, "data")
+    if base_model is None and not hasattr(model, "disable_adapter"):
+        raise ValueError("kl_to_base: model has no adapter to disable; pass base_model for a fully fine-tuned model")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    rows = list(zip(ds["input_ids"], ds["labels"], strict=True))
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(rows), batch_size), desc="KL to base", disable=not progress, leave=False):
+            chunk = rows[start : start + batch_size]
+            ids, mask = _pad([r[0] for r in chunk], 0)
+            labels, _ = _pad([r[1] for r in chunk], IGNORE)
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != IGNORE
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float(), -1)
+            ctx = model.disable_adapter() if base_model is None else contextlib.nullcontext()
+            ref = model if base_model is None else base_model
+            with ctx:
+                logp0 = torch.log_softmax(ref(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float(), -1)
+            total += float((logp0.exp() * (logp0 - logp)).sum())
+            count += int(keep.sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def loss_on(model: Any, data: Any, batch_size: int = 8) -> float:
+    """Mean NLL per trained token of data under model (teacher-forced)."""
+    import torch
+
+    from .scoring import _pad
+
+    ds = as_dataset(data, "data")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    rows = list(zip(ds["input_ids"], ds["labels"], strict=True))
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            ids, mask = _pad([r[0] for r in chunk], 0)
+            labels, _ = _pad([r[1] for r in chunk], IGNORE)
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != IGNORE
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+            tgt = labels[:, 1:][keep[:, :-1]]
+            total += float(-torch.log_softmax(logits, -1).gather(-1, tgt[:, None]).sum())
+            count += int(tgt.numel())
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line (what `accelerate launch -m stmkit.training` runs)
+
+
+def method_overrides(method: str, overrides: str = "") -> str:
+    """The overrides string with masking.rule set by a method name (gt, stm, random, low, quantile, ...)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}' (methods: {', '.join(METHODS)})")
+    rule = METHODS[method][0]
+    return ",".join(p for p in (overrides.strip(), f"masking.rule={rule}") if p)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Score, mask and train one method of a profile (the 04_sft notebook without the plots)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m stmkit.training", description=main.__doc__, epilog=ACCELERATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--profile", default="cpu-demo")
+    parser.add_argument("--overrides", default="")
+    parser.add_argument("--method", default="stm", choices=[m for m, (_, src) in METHODS.items()
+                                                            if src == "ground_truth"])
+    parser.add_argument("--run-name", default="")
+    parser.add_argument("--results-dir", default="")
+    args = parser.parse_args(argv)
+
+    from accelerate import PartialState
+
+    from . import experiment, masking
+
+    state = PartialState()
+    run = experiment.start("sft", args.profile, method_overrides(args.method, args.overrides),
+                           args.run_name or f"sft-{args.method}", args.results_dir)
+    prof = run.profile
+    with state.main_process_first():  # the main rank scores and caches; the others read the cache
+        scored = run.score(run.target_examples("train"), "ground_truth")
+        val = run.score(run.target_examples("validation"), "validation") if prof.data.n_val else None
+    m = prof.masking
+    res = masking.mask_dataset(scored, m.rule, m.tau, m.quantile, m.seed, m.fully_masked)
+    val_ds = masking.mask_dataset(val, "none").to_dataset() if val else None
+    result = train(prof.model.name, res, prof.training, tokenizer=run.tokenizer, eval_dataset=val_ds,
+                   seed=prof.training.seed, device=prof.model.device, dtype=prof.model.dtype,
+                   revision=prof.model.revision)
+    if state.is_main_process:
+        run.record.key("adapter", result.key)
+        print(run.finish(method=args.method, masking=res.stats, training=result.summary()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
