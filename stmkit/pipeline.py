@@ -193,6 +193,7 @@ def execute(profile: str, run: RunSpec, key: str, root: Path) -> Outcome:
         marker.unlink()
     t0 = time.perf_counter()
     error = ""
+    os.environ["STMKIT_BATCH"] = "1"  # the kernel inherits it: widgets fall back to static output
     try:
         pm.execute_notebook(
             str(NOTEBOOKS_DIR / f"{run.notebook}.ipynb"),
