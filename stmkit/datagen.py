@@ -1,0 +1,230 @@
+"""The paper's generated-data baselines: Self-Output and Rephrase training sets, and the correctness ablation.
+
+- Self-Output: sample N answers per training prompt (paper: N=32, T=0.7, top_p=0.95), check each with the task's
+  checker (MBPP: the task's asserts in the sandbox; MATH: the local equivalence check), keep the correct answer with
+  the lowest sequence PPL under the base model, drop problems with no correct answer.
+- Rephrase: the model rewrites the ground truth given the instruction and the reference answer (SDFT-style prompt),
+  one sample at T=0.7; rewrites the checker rejects are dropped.
+- Correctness ablation (Tables 20-21): Self-Output sets whose answers are correct for a stated share of problems.
+Any registry model (or local folder) can generate while the base model scores (Figure 2's other label sources).
+Sampling is seeded and done in chunks cached by content, so an interrupted generation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .cache import Cache, content_key
+from .generation import Completion, Decoding, generate, sampling
+from .tasks import Example
+from .tasks.prompts import PROMPT_VERSION, REPHRASE_PROMPT
+
+DATAGEN_VERSION = 1
+CHUNK = 8  # prompts per cached chunk: the unit of resumption
+
+
+@dataclass
+class Candidate:
+    """One generated answer to one problem, with its verdict."""
+
+    item_id: str
+    sample: int
+    text: str
+    tokens: int
+    correct: bool
+
+
+@dataclass
+class GeneratedSet:
+    """A training set made by a model, with what it cost and how many problems survived the checker."""
+
+    label: str  # "Self-Output" | "Rephrase" | ...
+    examples: list[Example]
+    candidates: list[Candidate]
+    problems: int
+    wall_s: float
+    generated_tokens: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        n_correct = sum(c.correct for c in self.candidates)
+        return {
+            "label": self.label,
+            "problems": self.problems,
+            "kept": len(self.examples),
+            "kept_share": len(self.examples) / self.problems if self.problems else 0.0,
+            "samples": len(self.candidates),
+            "samples_correct": n_correct,
+            "samples_correct_share": n_correct / len(self.candidates) if self.candidates else 0.0,
+            "wall_s": round(self.wall_s, 1),
+            "generated_tokens": self.generated_tokens,
+            **self.info,
+        }
+
+
+def check_answers(task: str, examples: Sequence[Example], answers: Sequence[str], timeout_s: float = 10.0) -> list[bool]:
+    """The task's checker on (example, answer) pairs; model-written code runs only in the sandbox."""
+    from .tasks.answers import extract_code, extract_math_answer, extract_gsm8k, gsm8k_equal, math_equal
+
+    if task == "mbpp":
+        from .sandbox import build_program, run_many
+
+        programs = [build_program(extract_code(a), list(ex.tests), ex.setup) for ex, a in zip(examples, answers,
+                                                                                                 strict=True)]
+        return [r.passed for r in run_many(programs, timeout_s=timeout_s)]
+    if task == "math":
+        out = []
+        for ex, a in zip(examples, answers, strict=True):
+            pred = extract_math_answer(a)
+            out.append(pred is not None and math_equal(pred, ex.answer))
+        return out
+    if task == "gsm8k":
+        return [(p := extract_gsm8k(a)) is not None and gsm8k_equal(p, ex.answer)
+                for ex, a in zip(examples, answers, strict=True)]
+    raise ValueError(f"no answer checker for task '{task}' (Self-Output/Rephrase support mbpp, math and gsm8k)")
+
+
+def _sample_cached(
+    model: Any, tokenizer: Any, prompts: Sequence[str], decoding: Decoding, model_fp: str, cache: Cache,
+    batch_size: int, desc: str,
+) -> list[list[Completion]]:
+    """Generate in chunks; each finished chunk is a cache entry, so reruns and resumed runs skip it."""
+    from tqdm.auto import tqdm
+
+    out: list[list[Completion]] = []
+    for start in tqdm(range(0, len(prompts), CHUNK), desc=desc, unit="chunk", leave=False):
+        chunk = list(prompts[start : start + CHUNK])
+        # the chunk's seed depends on its position so chunks do not repeat each other's samples
+        dec = replace(decoding, seed=decoding.seed + start)
+        key = content_key("samples", DATAGEN_VERSION, model=model_fp, prompts=chunk, decoding=dec.key())
+        hit = cache.get("samples", key)
+        if hit is None:
+            res = generate(model, tokenizer, chunk, dec, batch_size=batch_size, progress=False)
+            with cache.put("samples", key, meta={"n": len(chunk)}) as tmp:
+                (tmp / "samples.json").write_text(json.dumps([[c.__dict__ for c in cs] for cs in res]))
+            hit = cache.path("samples", key)
+        out.extend([[Completion(**c) for c in cs] for cs in json.loads((hit / "samples.json").read_text())])
+    return out
+
+
+def _lowest_ppl(candidates: list[tuple[Example, str]], scorer: Any) -> list[float]:
+    scored = scorer([replace(ex, id=f"{ex.id}#{i}", response=text) for i, (ex, text) in enumerate(candidates)])
+    return [s.seq_ppl for s in scored]
+
+
+def self_output(
+    task: str,
+    examples: Sequence[Example],
+    generator: tuple[Any, Any, str],
+    scorer: Any,
+    n_samples: int = 8,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    batch_size: int = 16,
+    cache: Cache | None = None,
+    timeout_s: float = 10.0,
+) -> GeneratedSet:
+    """Sample, check, keep the lowest-PPL correct answer per problem; drop problems with none.
+
+    `generator` is (model, tokenizer, fingerprint) of the model that writes the answers; `scorer` maps a list of
+    Examples to scored examples under the base model (stmkit.scoring.score_examples bound to the base).
+    """
+    cache = cache or Cache()
+    model, tok, fp = generator
+    t0 = time.perf_counter()
+    dec = sampling(n_samples, temperature, top_p, max_new_tokens, seed)
+    samples = _sample_cached(model, tok, [ex.prompt for ex in examples], dec, fp, cache, batch_size, "Self-Output")
+    wall = time.perf_counter() - t0
+    flat_ex = [ex for ex, cs in zip(examples, samples, strict=True) for _ in cs]
+    flat_text = [c.text for cs in samples for c in cs]
+    verdicts = check_answers(task, flat_ex, flat_text, timeout_s)
+    candidates, k = [], 0
+    for ex, cs in zip(examples, samples, strict=True):
+        for i, c in enumerate(cs):
+            candidates.append(Candidate(ex.id, i, c.text, len(c.token_ids), verdicts[k]))
+            k += 1
+    chosen = pick_per_problem(examples, candidates, scorer, want_correct=True)
+    return GeneratedSet("Self-Output", chosen, candidates, len(examples), wall,
+                        sum(c.tokens for c in candidates),
+                        {"n_samples": n_samples, "temperature": temperature, "top_p": top_p})
+
+
+def pick_per_problem(
+    examples: Sequence[Example], candidates: Sequence[Candidate], scorer: Any, want_correct: bool
+) -> list[Example]:
+    """Per problem, the candidate of the wanted correctness with the lowest sequence PPL under the base model."""
+    by_id: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        if c.correct == want_correct and c.text.strip():
+            by_id.setdefault(c.item_id, []).append(c)
+    pool = [(ex, c.text) for ex in examples for c in by_id.get(ex.id, [])]
+    ppl = _lowest_ppl(pool, scorer) if pool else []
+    best: dict[str, tuple[float, str]] = {}
+    for (ex, text), p in zip(pool, ppl, strict=True):
+        if ex.id not in best or p < best[ex.id][0]:
+            best[ex.id] = (p, text)
+    return [replace(ex, response=best[ex.id][1], meta={**ex.meta, "seq_ppl": best[ex.id][0]})
+            for ex in examples if ex.id in best]
+
+
+def rephrase(
+    task: str,
+    examples: Sequence[Example],
+    generator: tuple[Any, Any, str],
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    batch_size: int = 16,
+    cache: Cache | None = None,
+    timeout_s: float = 10.0,
+) -> GeneratedSet:
+    """The model rewrites each ground truth given the instruction and the reference; rejected rewrites are dropped."""
+    cache = cache or Cache()
+    model, tok, fp = generator
+    prompts = [REPHRASE_PROMPT.format(instruction=ex.prompt, reference_answer=ex.response) for ex in examples]
+    t0 = time.perf_counter()
+    dec = sampling(1, temperature, top_p, max_new_tokens, seed)
+    samples = _sample_cached(model, tok, prompts, dec, fp, cache, batch_size, "Rephrase")
+    wall = time.perf_counter() - t0
+    texts = [cs[0].text for cs in samples]
+    verdicts = check_answers(task, examples, texts, timeout_s)
+    candidates = [Candidate(ex.id, 0, c[0].text, len(c[0].token_ids), ok)
+                  for ex, c, ok in zip(examples, samples, verdicts, strict=True)]
+    kept = [replace(ex, response=t) for ex, t, ok in zip(examples, texts, verdicts, strict=True) if ok and t.strip()]
+    return GeneratedSet("Rephrase", kept, candidates, len(examples), wall, sum(c.tokens for c in candidates),
+                        {"temperature": temperature, "top_p": top_p, "prompt_version": PROMPT_VERSION})
+
+
+def correctness_set(
+    examples: Sequence[Example], candidates: Sequence[Candidate], scorer: Any, correct_share: float, seed: int = 0
+) -> GeneratedSet:
+    """Tables 20-21: for a correct_share of the problems (chosen by seeded hash) the lowest-PPL correct answer, for
+    the rest the lowest-PPL incorrect one; problems without an answer of the needed kind are dropped (counted)."""
+    if not 0.0 <= correct_share <= 1.0:
+        raise ValueError(f"correct_share must be in [0, 1], got {correct_share}")
+    ranked = sorted(examples, key=lambda e: hashlib.sha256(f"{seed}:{e.id}".encode()).hexdigest())
+    n_correct = round(correct_share * len(ranked))
+    want_correct = {e.id for e in ranked[:n_correct]}
+    good = {e.id: e for e in pick_per_problem([e for e in examples if e.id in want_correct], candidates, scorer, True)}
+    bad = {e.id: e for e in pick_per_problem([e for e in examples if e.id not in want_correct], candidates, scorer,
+                                             False)}
+    chosen = [good.get(e.id) or bad.get(e.id) for e in examples if e.id in good or e.id in bad]
+    label = f"Self-Output {round(100 * correct_share)}% correct"
+    return GeneratedSet(label, chosen, list(candidates), len(examples), 0.0, 0,
+                        {"correct_share_target": correct_share, "correct_kept": len(good), "incorrect_kept": len(bad)})
+
+
+def save_examples(path: Any, examples: Sequence[Example]) -> None:
+    """JSONL of Examples (what 01_score_tokens and 04_sft read back)."""
+    from .cache import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(e.to_dict()) + "\n" for e in examples))
