@@ -70,7 +70,7 @@ class GeneratedSet:
 
 def check_answers(task: str, examples: Sequence[Example], answers: Sequence[str], timeout_s: float = 10.0) -> list[bool]:
     """The task's checker on (example, answer) pairs; model-written code runs only in the sandbox."""
-    from .tasks.answers import extract_code, extract_math_answer, extract_gsm8k, gsm8k_equal, math_equal
+    from .tasks.answers import extract_code, extract_gsm8k, extract_math_answer, gsm8k_equal, math_equal
 
     if task == "mbpp":
         from .sandbox import build_program, run_many
