@@ -124,6 +124,10 @@ class Run:
                 max_tokens_per_batch=c.max_tokens_per_batch,
             )
         self.record.key(f"scores_{label}", key)
+        from .cache import Cache
+
+        # compute cost of these scores when they were made (cache hits cost nothing now)
+        self.record.data.setdefault("costs_s", {})[f"score_{label}"] = Cache().meta("scores", key).get("wall_s")
         return scored
 
     def generated_sets(self, run_name: str = "generate") -> dict[str, list[Any]]:

@@ -2,7 +2,7 @@
 
 A sweep (configs/sweeps/<profile>.yaml) lists runs; each names a notebook, small overrides of the profile,
 notebook parameters, the runs it needs (`after`) and the paper outputs it feeds (`for`). A run's key hashes the
-notebook source, the resolved profile, its parameters and the keys of the runs it needs. A run whose run.json
+notebook source, the stmkit source, the resolved profile, its parameters and the keys of the runs it needs. A run whose run.json
 carries that key (and whose executed notebook exists) is skipped, so a rerun with nothing changed executes nothing,
 and a changed parameter re-executes that run and the runs after it (their expensive artifacts still come from
 the content-addressed cache when their own inputs did not change).
@@ -128,14 +128,26 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def library_hash() -> str:
+    """Hash of the stmkit package source: a code change re-executes notebooks (their heavy artifacts stay cached)."""
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parent
+    for path in sorted(pkg.rglob("*.py")):
+        h.update(path.relative_to(pkg).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def run_keys(profile: str, runs: list[RunSpec]) -> dict[str, str]:
-    """Each run's key: notebook source, resolved config, parameters and the keys of the runs it needs."""
+    """Each run's key: notebook source, library source, resolved config, parameters and upstream keys."""
     base = load_profile(profile)
+    code = library_hash()
     keys: dict[str, str] = {}
     for r in runs:
         keys[r.name] = content_key(
             "run",
             PIPELINE_VERSION,
+            code=code,
             notebook=_file_hash(NOTEBOOKS_DIR / f"{r.notebook}.ipynb"),
             config=replace(base, r.overrides).to_dict(),
             params=r.params,

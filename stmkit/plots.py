@@ -142,6 +142,8 @@ def ppl_histogram(sources: Mapping[str, Sequence[Scored]], tau: float = 2.5) -> 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     bins = np.linspace(0, 10, 41)
     for source, scored in sources.items():
+        if not scored:  # e.g. no Self-Output answer passed the checker
+            continue
         flat = np.concatenate([s.ppl for s in scored])
         ax.hist(np.log(flat), bins=bins, alpha=0.55, label=f"{source} ({len(flat)} tokens)", color=color(source),
                 density=True)
@@ -181,4 +183,98 @@ def category_bars(df: pd.DataFrame, title: str = "") -> Any:
     if title:
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    return fig
+
+
+# --- training plots ---
+
+
+def loss_curves(curves: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], title: str = "",
+                colors: Mapping[str, str] | None = None) -> Any:
+    """Figures 4 and 7 (loss panels): training loss per step and validation loss, against epochs, per method.
+
+    curves maps a label to (train losses with epoch/loss, validation losses with epoch/eval_loss), e.g.
+    (TrainResult.train_losses(), TrainResult.eval_losses()); colours follow the method colours unless given.
+    """
+    use_style()
+    fig, (ax_tr, ax_ev) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, (train, val) in curves.items():
+        c = (colors or {}).get(label, color(label))
+        if len(train):
+            ax_tr.plot(train["epoch"], train["loss"], color=c, lw=1.2, label=label)
+        if len(val):
+            ax_ev.plot(val["epoch"], val["eval_loss"], color=c, marker="o", ms=3, lw=1.2, label=label)
+    ax_tr.set_title("training loss (trained tokens of each method)", fontsize=10)
+    ax_ev.set_title("validation loss (all ground-truth response tokens)", fontsize=10)
+    for ax in (ax_tr, ax_ev):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean NLL per token")
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    if not ax_ev.has_data():
+        ax_ev.text(0.5, 0.5, "no validation set (data.n_val = 0)", ha="center", va="center", transform=ax_ev.transAxes)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def delta_w_bars(df: pd.DataFrame, x: str = "run", y: str = "delta_w", hue: str | None = "method",
+                 title: str = "") -> Any:
+    """Tables 7-8 as bars: ||ΔW|| (Frobenius, all adapted matrices) per run, coloured by method."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(df) + 2), 3.4))
+    colors = [color(m) for m in (df[hue] if hue and hue in df else ["" for _ in range(len(df))])]
+    ax.bar(df[x].astype(str), df[y], color=colors)
+    for i, v in enumerate(df[y]):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("||ΔW|| (Frobenius)")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def effective_rank_bars(spectra: Mapping[str, pd.DataFrame], projection: str = "q_proj", title: str = "") -> Any:
+    """Figure 13: effective rank of ΔW per layer for one projection, one bar series per method."""
+    use_style()
+    rows = [r.assign(method=label) for label, r in spectra.items()]
+    df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["layer", "effective_rank", "method"])
+    df = df[df["projection"] == projection] if len(df) else df
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * df["layer"].nunique() * max(1, len(spectra)) + 2), 3.4))
+    if len(df):
+        sns.barplot(data=df, x="layer", y="effective_rank", hue="method", ax=ax,
+                    palette={m: color(m) for m in df["method"].unique()})
+        ax.legend(fontsize=8)
+    ax.set_ylabel(f"effective rank of ΔW ({projection})")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def singular_value_curves(spectra: Mapping[str, pd.DataFrame], projection: str = "q_proj",
+                          layers: Sequence[int] | None = None, title: str = "") -> Any:
+    """Figure 14: singular values of ΔW against their index, one panel per layer, one line per method."""
+    use_style()
+    first = next(iter(spectra.values()), pd.DataFrame(columns=["layer", "projection"]))
+    all_layers = sorted(int(v) for v in first[first["projection"] == projection]["layer"].dropna().unique())
+    layers = list(layers) if layers is not None else all_layers[-min(8, len(all_layers)):]
+    n = max(1, len(layers))
+    cols = min(4, n)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(3.0 * cols, 2.4 * ((n + cols - 1) // cols)),
+                             squeeze=False, sharey=True)
+    for ax, layer in zip(axes.flat, layers, strict=False):
+        for label, df in spectra.items():
+            row = df[(df["projection"] == projection) & (df["layer"] == layer)]
+            if len(row):
+                sv = row["singular_values"].iloc[0]
+                ax.plot(range(len(sv)), sv, color=color(label), lw=1.2, label=label)
+        ax.set_title(f"layer {layer} {projection}", fontsize=9)
+        ax.set_xlabel("index", fontsize=8)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("singular value of ΔW")
+    axes[0, 0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

@@ -119,14 +119,16 @@ def table01(ctx: Context) -> Section:
     if not runs:
         return _missing("table01", title, "a 01_score_tokens run")
     name, rec = next(iter(runs.items()))
-    df = pd.DataFrame(rec["results"]["table01"])
+    cols = ["training_data", "examples", "avg_ppl", "ppl_variance", "response_tokens", "share_tokens_ppl_gt_2.5"]
+    df = pd.DataFrame(rec["results"]["table01"])[cols]
     files = save_table(df, "table01_ppl_stats", ctx.tables_dir, f"Table 1 (kit, {ctx.scale(rec)}).")
     body = (f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n"
             + _paper_md(1, ["scoring_model", "dataset", "training_data", "metric", "value"]))
     gt = df[df["training_data"] == "Ground Truth"]
-    others = df[df["training_data"] != "Ground Truth"]
+    others = df[(df["training_data"] != "Ground Truth") & (df["examples"] > 0)]
     if others.empty:
-        claim = ("Ground truth vs model-generated data: not measured (no Self-Output/Rephrase sets yet); "
+        claim = ("Ground truth vs model-generated data: not measured (no Self-Output/Rephrase answers passed the "
+                 "checker, or none were generated); "
                  f"{100 * float(gt['share_tokens_ppl_gt_2.5'].iloc[0]):.1f}% of ground-truth tokens have PPL > 2.5 "
                  "(paper's models: about 20-24%).")
     else:
@@ -185,6 +187,39 @@ def _category_section(ctx: Context, ident: str, paper_model: str) -> Section:
 
 for _ident, _model in [("fig08", "Llama 3 8B"), ("fig09", "Mistral 7B"), ("fig10", "Gemma 2 2B")]:
     GENERATORS[_ident] = (lambda i, m: (lambda ctx: _category_section(ctx, i, m)))(_ident, _model)
+
+
+@generator("table17")
+def table17(ctx: Context) -> Section:
+    title = "Table 17. Data-preparation cost per method"
+    gen = ctx.by_stage("generate")
+    if not gen:
+        return _missing("table17", title, "a 03_generate_data run")
+    name, rec = next(iter(gen.items()))
+    stats = rec["results"]["stats"]
+    score = next(iter(ctx.by_stage("score").values()), None)
+    problems = next(iter(stats.values()))["problems"]
+    rows = [{"method": "Baseline Fine-tuning", "samples": problems, "correctness_%": 100.0, "wall_s": 0.0,
+             "generated_tokens": 0}]
+    if score:
+        t = score.get("costs_s", {}).get("score_ground_truth")
+        rows.append({"method": "STM", "samples": problems, "correctness_%": 100.0, "wall_s": t,
+                     "generated_tokens": 0})
+    for label, st in stats.items():
+        rows.append({"method": label, "samples": st["kept"], "correctness_%": 100 * st["samples_correct_share"],
+                     "wall_s": st["wall_s"], "generated_tokens": st["generated_tokens"]})
+    df = pd.DataFrame(rows)
+    files = save_table(df, "table17_data_cost", ctx.tables_dir,
+                       f"Table 17 (kit, {ctx.scale(rec)}; wall time on this machine, CPU).")
+    so = stats.get("Self-Output", {})
+    t_stm = (score or {}).get("costs_s", {}).get("score_ground_truth")
+    verdict = "not measured" if not so or t_stm is None else "yes" if t_stm < so["wall_s"] else "no"
+    claim = (f"STM's data preparation (one scoring pass) is cheaper than Self-Output's sampling: {verdict}; "
+             f"Self-Output kept {so.get('kept', 0)} of {problems} problems here "
+             f"({100 * so.get('samples_correct_share', 0):.1f}% of samples correct).")
+    body = f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n" + _paper_md(17, ["method", "metric",
+                                                                                          "value", "unit"])
+    return Section("table17", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files], claim)
 
 
 # ---------------------------------------------------------------- outputs this kit cannot make
