@@ -222,6 +222,227 @@ def table17(ctx: Context) -> Section:
     return Section("table17", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files], claim)
 
 
+# ---------------------------------------------------------------- fine-tuning and evaluation (sft / evaluate runs)
+
+
+def _sft(ctx: Context) -> dict[str, dict[str, Any]]:
+    """Training runs by name with what the report needs: label, method, share masked, ||ΔW||, losses."""
+    out = {}
+    for name, rec in ctx.by_stage("sft").items():
+        res = rec["results"]
+        cfg = rec.get("config", {})
+        out[name] = {
+            "run": name, "label": res.get("label", name), "method": res.get("method"),
+            "tau": cfg.get("masking", {}).get("tau"), "finetune": cfg.get("training", {}).get("finetune"),
+            "learning_rate": cfg.get("training", {}).get("learning_rate"),
+            "masked_%": 100 * res.get("masking", {}).get("masked_share", 0.0),
+            "trained_tokens": res.get("masking", {}).get("trained_tokens"),
+            "delta_w": res.get("delta_w"), "record": rec,
+        }
+    return out
+
+
+def _evals(ctx: Context) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(accuracy by label, transfer by training run, drift by training run, one evaluate record) over all
+    evaluate runs of the profile."""
+    acc, transfer, drift, rec0 = {}, {}, {}, {}
+    for _, rec in ctx.by_stage("evaluate").items():
+        res = rec["results"]
+        acc.update(res.get("accuracy", {}))
+        transfer.update(res.get("transfer", {}))
+        drift.update(res.get("drift", {}))
+        rec0 = rec0 or rec
+    return acc, transfer, drift, rec0
+
+
+def _fmt_ci(v: Any, lo: Any, hi: Any) -> str:
+    return "n/a" if v is None else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _transfer_rows(ctx: Context, names: list[str] | None = None) -> pd.DataFrame:
+    sft = _sft(ctx)
+    _, transfer, drift, _ = _evals(ctx)
+    rows = []
+    for name, rep in transfer.items():
+        if names is not None and name not in names:
+            continue
+        info = sft.get(name, {})
+        d = drift.get(name, {}).get("all", {})
+        rows.append({
+            "run": name, "method": info.get("label", name), "masked_%": info.get("masked_%"),
+            "TI_%": rep.get("ti"), "TI_95CI": _fmt_ci(rep.get("ti"), rep.get("ti_low"), rep.get("ti_high")),
+            "BWT_%": rep.get("bwt"), "BWT_95CI": _fmt_ci(rep.get("bwt"), rep.get("bwt_low"), rep.get("bwt_high")),
+            "drift_KL": d.get("kl"), "delta_nll_base_answers": d.get("delta_nll"),
+            "bwt_tasks": ", ".join(rep.get("bwt_tasks", [])),
+        })
+    return pd.DataFrame(rows)
+
+
+def _interval(rep: dict[str, Any], key: str) -> tuple[float, float] | None:
+    lo, hi = rep.get(f"{key}_low"), rep.get(f"{key}_high")
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def _compare(a: tuple[float, float] | None, b: tuple[float, float] | None, higher_better: bool = True) -> str:
+    """'yes' if a's interval lies above b's, 'no' if below, else 'not distinguishable from noise'."""
+    if a is None or b is None:
+        return "not measured"
+    if a[0] > b[1]:
+        return "yes" if higher_better else "no"
+    if a[1] < b[0]:
+        return "no" if higher_better else "yes"
+    return "not distinguishable from noise"
+
+
+def _runs_by_method(ctx: Context, method: str) -> list[str]:
+    return [n for n, i in _sft(ctx).items() if i["method"] == method]
+
+
+def _stm_vs_gt_claim(ctx: Context) -> str:
+    _, transfer, drift, _ = _evals(ctx)
+    gt = next((n for n in _runs_by_method(ctx, "gt") if n in transfer), None)
+    stm = next((n for n in _runs_by_method(ctx, "stm") if n in transfer), None)
+    if not gt or not stm:
+        return "STM vs ground truth: not measured (needs both runs evaluated)."
+    bwt = _compare(_interval(transfer[stm], "bwt"), _interval(transfer[gt], "bwt"))
+    kl_s, kl_g = drift.get(stm, {}).get("all", {}).get("kl"), drift.get(gt, {}).get("all", {}).get("kl")
+    kl = ("not measured" if kl_s is None or kl_g is None else
+          f"STM {kl_s:.4f} vs ground truth {kl_g:.4f} nats/token ({'smaller' if kl_s < kl_g else 'larger'} for STM; "
+          "no interval across runs, one seed)")
+    return (f"STM forgets less than ground truth (BWT, paired-bootstrap 95% CIs): {bwt}. Drift KL(base||tuned): {kl}.")
+
+
+@generator("table02")
+def table02(ctx: Context) -> Section:
+    title = TITLES["table02"]
+    df = _transfer_rows(ctx)
+    if df.empty:
+        return _missing("table02", title, NEEDS["table02"])
+    _, _, _, rec = _evals(ctx)
+    files = save_table(df, "table02_main", ctx.tables_dir,
+                       f"Table 2 (kit, {ctx.scale(rec)}; {rec['results'].get('n_items')} items per task). TI/BWT in %, "
+                       "95% paired-bootstrap CIs over items; BWT averages the non-target tasks with a non-zero "
+                       "original accuracy; drift = mean per-token KL(p_base || p_tuned) on the base's own answers.")
+    body = (f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n"
+            + _paper_md(2, ["model", "target_task", "method", "metric", "value"], "metric != 'data_cost'"))
+    return Section("table02", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files],
+                   _stm_vs_gt_claim(ctx))
+
+
+@generator("table03")
+def table03(ctx: Context) -> Section:
+    title = TITLES["table03"]
+    names = [n for n, i in _sft(ctx).items() if i["method"] in ("stm", "random", "low", "gt", "quantile")]
+    df = _transfer_rows(ctx, names)
+    if df.empty or not {"random", "low"} & {_sft(ctx)[n]["method"] for n in df["run"]}:
+        return _missing("table03", title, NEEDS["table03"])
+    _, _, _, rec = _evals(ctx)
+    files = save_table(df, "table03_masking_ablation", ctx.tables_dir, f"Table 3 (kit, {ctx.scale(rec)}).")
+    _, transfer, drift, _ = _evals(ctx)
+    stm = next((n for n in _runs_by_method(ctx, "stm") if n in transfer), None)
+    parts = []
+    for other in ("random", "low"):
+        o = next((n for n in _runs_by_method(ctx, other) if n in transfer), None)
+        if stm and o:
+            verdict = _compare(_interval(transfer[stm], "bwt"), _interval(transfer[o], "bwt"))
+            parts.append(f"masking high-PPL tokens forgets less than masking {other} ones (BWT): {verdict}")
+    body = f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n" + _paper_md(
+        3, ["config_as_printed", "pct_masked", "metric", "value_pct"])
+    return Section("table03", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files],
+                   "; ".join(parts) or "not measured")
+
+
+@generator("table07")
+def table07(ctx: Context) -> Section:
+    title = TITLES["table07"]
+    sft = _sft(ctx)
+    if not sft:
+        return _missing("table07", title, NEEDS["table07"])
+    df = pd.DataFrame([{"run": n, "training data / method": i["label"], "finetune": i["finetune"],
+                        "delta_w": i["delta_w"], "trained_tokens": i["trained_tokens"]} for n, i in sft.items()])
+    rec = next(iter(sft.values()))["record"]
+    definition = rec["results"].get("delta_w_definition", "")
+    files = save_table(df, "table07_weight_norm", ctx.tables_dir, f"Table 7 (kit, {ctx.scale(rec)}). {definition}")
+    gt = df[df["run"].isin(_runs_by_method(ctx, "gt"))]["delta_w"]
+    stm = df[df["run"].isin(_runs_by_method(ctx, "stm"))]["delta_w"]
+    claim = ("STM's update is smaller than ground truth's (||ΔW||): "
+             + ("not measured" if gt.empty or stm.empty else
+                f"{'yes' if stm.iloc[0] < gt.iloc[0] else 'no'} ({stm.iloc[0]:.3f} vs {gt.iloc[0]:.3f}; one seed)"))
+    body = (f"*Kit ({ctx.scale(rec)}):* {definition}\n\n" + to_markdown(df) + "\n"
+            + _paper_md(7, ["model", "training_data", "metric", "value"]))
+    return Section("table07", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files], claim)
+
+
+@generator("table12")
+def table12(ctx: Context) -> Section:
+    title = TITLES["table12"]
+    acc, _, _, rec = _evals(ctx)
+    if not acc:
+        return _missing("table12", title, NEEDS["table12"])
+    sft = _sft(ctx)
+    rows = []
+    for label, tasks in acc.items():
+        row: dict[str, Any] = {"method": sft.get(label, {}).get("label", label), "run": label}
+        for spec, sm in tasks.items():
+            row[spec] = f"{sm['accuracy']:.3f} [{sm['ci_low']:.3f}, {sm['ci_high']:.3f}]"
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    files = save_table(df, "table12_raw_accuracy", ctx.tables_dir,
+                       f"Table 12 (kit, {ctx.scale(rec)}): accuracy [95% bootstrap CI over items].")
+    body = (f"*Kit ({ctx.scale(rec)}; {rec['results'].get('n_items')} items per task):*\n\n" + to_markdown(df)
+            + "\n" + _paper_md(12, ["model", "target_task", "method", "eval_task", "accuracy"],
+                               "model == 'Llama 3 8B Instruct'"))
+    return Section("table12", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files],
+                   "Raw accuracies; see Table 2 for the claims.")
+
+
+@generator("fig04")
+def fig04(ctx: Context) -> Section:
+    from .plots import loss_curves
+
+    title = TITLES["fig04"]
+    sft = {n: i for n, i in _sft(ctx).items() if i["method"] in ("gt", "stm", "self_output")}
+    if not sft:
+        return _missing("fig04", title, NEEDS["fig04"])
+    curves = {i["label"]: (pd.DataFrame(i["record"]["results"].get("train_losses", [])),
+                           pd.DataFrame(i["record"]["results"].get("eval_losses", []))) for i in sft.values()}
+    fig = loss_curves(curves, "Training and validation loss over epochs (target accuracy per epoch: not measured)")
+    from .plots import save_figure
+
+    files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, "fig04_convergence", ctx.figures_dir)]
+    final = {lab: (float(c[0]["loss"].iloc[-1]) if not c[0].empty and "loss" in c[0] else None)
+             for lab, c in curves.items()}
+    gt, stm = final.get("Ground Truth"), final.get("STM")
+    claim = ("STM's training loss ends far below ground truth's: "
+             + ("not measured" if gt is None or stm is None else
+                f"{'yes' if stm < 0.5 * gt else 'no'} (final step loss {stm:.3f} vs {gt:.3f})"))
+    rec = next(iter(sft.values()))["record"]
+    return Section("fig04", title, "made", f"Kit: {ctx.scale(rec)}. Panels: training loss per step, validation "
+                   "loss per epoch; the paper's MBPP-accuracy-per-epoch panel needs per-epoch evaluations.",
+                   files, claim)
+
+
+@generator("fig13")
+def fig13(ctx: Context) -> Section:
+    from .plots import effective_rank_bars, save_figure
+
+    title = TITLES["fig13"]
+    sft = _sft(ctx)
+    spectra = {i["label"]: pd.DataFrame(i["record"]["results"]["spectra"]) for i in sft.values()
+               if i["record"]["results"].get("spectra")}
+    if not spectra:
+        return _missing("fig13", title, NEEDS["fig13"])
+    fig = effective_rank_bars(spectra, "q_proj", "Effective rank of the LoRA update per layer (q_proj)")
+    files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, "fig13_effective_rank", ctx.figures_dir)]
+    means = {k: float(v[v["projection"] == "q_proj"]["effective_rank"].mean()) for k, v in spectra.items()
+             if "projection" in v}
+    have = {k for k in means if k in ("Self-Output", "Rephrase")}
+    claim = ("Mean effective rank per method: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items())
+             + ("" if have else "; the paper compares Self-Output and Rephrase with ground truth, which needs "
+                "generated-data runs"))
+    return Section("fig13", title, "made", f"Kit: {ctx.scale(next(iter(sft.values()))['record'])}.", files, claim)
+
+
 # ---------------------------------------------------------------- outputs this kit cannot make
 
 

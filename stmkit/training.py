@@ -12,6 +12,9 @@ entry point `train`: methods differ only in their dataset. What this module guar
 - Loss = mean NLL over the trained tokens of the whole accumulated batch. transformers 5 counts the trained tokens
   of all micro-batches of an optimizer step (`num_items_in_batch`, over `labels[..., 1:]`) and TRL divides each
   micro-batch's summed NLL by it, so gradient accumulation 8x1 equals one batch of 8 (tests/test_training.py).
+- Off GPU, TRL projects every position through the LM head and masks afterwards (its compact path needs Triton);
+  stmkit computes the same loss projecting only the trained positions (`COMPACT_HEAD_OFF_GPU`; tested equal to
+  TRL's), which makes CPU steps ~1.6x faster and lets masking cost nothing. On CUDA, TRL's own path is used.
 - Same examples, same order: the sampler is seeded by the training seed only, so ground truth and STM runs of one
   dataset see the same examples in the same order for the same number of steps; the order is recorded.
 - KL-to-base (paper Table 8): loss = CE + kl_coef * KL(p_base || p_tuned) on the trained tokens, the base being the
@@ -39,6 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,7 +165,7 @@ class TrainResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # {"step", "epoch", "dir"} (dir relative)
-    order: list[list[int]] = field(default_factory=list)  # dataset rows of each micro-batch, in training order
+    order: list[list[int]] = field(default_factory=list)  # dataset rows of each micro-batch (main rank's shard)
     cached: bool = False
 
     @property
@@ -303,6 +307,12 @@ def _write_model_info(folder: Path, base_ref: str, finetune: str, model_fp: str)
 # Trainer pieces
 
 
+# TRL projects only the trained positions through the LM head on CUDA/XPU (its Triton path); elsewhere it projects
+# every position and masks afterwards. On those devices stmkit computes the same loss with the LM head applied to the
+# trained positions only (transformers' `logits_to_keep` mask), so prompt and masked tokens cost no head compute.
+COMPACT_HEAD_OFF_GPU = True
+
+
 def _trainer_class() -> type:
     """SFTTrainer with the KL-to-base regulariser (built lazily: importing TRL takes seconds)."""
     import torch
@@ -313,9 +323,10 @@ def _trainer_class() -> type:
 
         kl_coef: float = 0.0
         kl_sign: float = 1.0  # +1 penalises divergence (paper); -1 rewards it (reference implementation)
+        compact_head: bool = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.kl_coef == 0 or not model.training:
+            if not model.training or (self.kl_coef == 0 and not self.compact_head):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"]
             # position t predicts token t+1: keep the hidden states whose next label is trained
@@ -323,22 +334,31 @@ def _trainer_class() -> type:
             keep[:, :-1] = labels[:, 1:] != IGNORE
             targets = labels[:, 1:][keep[:, :-1]]
             fwd = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-            peft_model = self.accelerator.unwrap_model(model)
             # Through the wrapped model (DDP/FSDP/ZeRO hooks run), logits only at the kept positions.
-            with torch.no_grad(), peft_model.disable_adapter():
-                base_logits = model(**fwd, logits_to_keep=keep, use_cache=False).logits.float()
             logits = model(**fwd, logits_to_keep=keep, use_cache=False).logits.float()
             logp = torch.log_softmax(logits, -1)
-            logp_base = torch.log_softmax(base_logits, -1)
             nll = -logp.gather(-1, targets[:, None]).sum()
-            kl = (logp_base.exp() * (logp_base - logp)).sum()
+            total = nll
+            local = max(int(targets.numel()), 1)
+            if self.kl_coef:
+                with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+                    logp_base = torch.log_softmax(model(**fwd, logits_to_keep=keep, use_cache=False).logits.float(), -1)
+                kl = (logp_base.exp() * (logp_base - logp)).sum()
+                total = nll + self.kl_sign * self.kl_coef * kl
+                self._metrics["train"]["kl_to_base"].append(kl.item() / local)
+                self._metrics["train"]["ce"].append(nll.item() / local)
             n = num_items_in_batch if num_items_in_batch is not None else targets.numel()
-            loss = (nll + self.kl_sign * self.kl_coef * kl) / torch.as_tensor(n).clamp(min=1)
+            loss = total / torch.as_tensor(n).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as TRL/Trainer: DDP averages gradients over ranks
-            local = max(int(targets.numel()), 1)
-            self._metrics["train"]["kl_to_base"].append(kl.item() / local)
-            self._metrics["train"]["ce"].append(nll.item() / local)
+            with torch.no_grad():  # the metrics TRL logs on its own path
+                entropy = -(logp.exp() * logp).sum(-1)
+                self._metrics["train"]["entropy"].append(float(entropy.sum()) / local)
+                correct = (logits.argmax(-1) == targets).sum()
+                self._metrics["train"]["mean_token_accuracy"].append(float(correct) / local)
+                if "attention_mask" in inputs:
+                    self._total_train_tokens += int(inputs["attention_mask"].sum())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
             return (loss, None) if return_outputs else loss
 
     return STMTrainer
@@ -367,14 +387,20 @@ def _callbacks(trainer: Any, out: Path, every_steps: int, every_epochs: float, h
 
         def __init__(self):
             self.saved: list[dict[str, Any]] = []
+            self.step_times: list[float] = []
             self.every = 0
+            self.t0 = 0.0
 
         def on_train_begin(self, args, state, control, **kw):
             per_epoch = max(1, math.ceil(len(kw["train_dataloader"]) / args.gradient_accumulation_steps))
             self.per_epoch = per_epoch
             self.every = every_steps or (max(1, round(every_epochs * per_epoch)) if every_epochs else 0)
 
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
         def on_step_end(self, args, state, control, **kw):
+            self.step_times.append(time.perf_counter() - self.t0)  # forward, backward and optimizer of one step
             step = state.global_step
             epoch_end = step % self.per_epoch == 0
             if (self.every and step % self.every == 0) or epoch_end or step == state.max_steps:
@@ -469,7 +495,7 @@ def train(
     """
     import torch
 
-    from .models import fingerprint, load_tokenizer, pick_device
+    from .models import fingerprint, pick_device
 
     seed = cfg.seed if seed is None else seed
     ds = as_dataset(train_dataset, "train_dataset")
@@ -486,50 +512,61 @@ def train(
         seed, f"{dev}:{precision}", _world_size(),
     )
     base_ref = base_reference(model_name_or_path)
+    args = (model_name_or_path, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16, fp16, revision, progress,
+            key, base_ref, model_fp, counts)
     if cache is False:
         if out_dir is None:
             raise ValueError("train(cache=False) needs out_dir: where to write the adapter")
         folder = Path(out_dir)
+        if not _is_main():
+            return _train_other_rank(folder, args)
         folder.mkdir(parents=True, exist_ok=True)
-        return _train_into(folder, model_name_or_path, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16,
-                           fp16, revision, progress, key, base_ref, model_fp, counts, cached=False)
+        return _train_into(folder, *args, cached=False)
     cache = cache if isinstance(cache, Cache) else Cache()
     hit = cache.get("adapters", key, deep=False)
     if hit is not None:
         return TrainResult.load(hit)
-    tokenizer = tokenizer or load_tokenizer(model_name_or_path, revision)
+    if not _is_main():
+        return _train_other_rank(cache.path("adapters", key), args)
     meta = {"model": base_ref, "finetune": cfg.finetune, "examples": counts["examples"], "torch": torch.__version__}
-    if not _is_main():  # other ranks train alongside the main one; only the main rank writes the cache entry
-        with tempfile.TemporaryDirectory(prefix="stmkit-rank-") as tmp:
-            _train_into(Path(tmp), model_name_or_path, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16,
-                        fp16, revision, progress, key, base_ref, model_fp, counts, cached=False)
-        return TrainResult(cache.path("adapters", key), key, cfg.finetune, base_ref)
     with cache.put("adapters", key, meta=meta) as tmp:
-        _train_into(tmp, model_name_or_path, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16, fp16,
-                    revision, progress, key, base_ref, model_fp, counts, cached=False)
+        _train_into(tmp, *args, cached=False)
     return TrainResult.load(cache.path("adapters", key), cached=False)
 
 
-def _train_into(
+def _train_other_rank(final: Path, args: tuple) -> TrainResult:
+    """A non-main rank trains alongside the main one in a scratch folder; only the main rank writes results."""
+    with tempfile.TemporaryDirectory(prefix="stmkit-rank-") as tmp:
+        _train_into(Path(tmp), *args, cached=False)
+    cfg, key, base_ref = args[4], args[12], args[13]
+    return TrainResult(final, key, cfg.finetune, base_ref)
+
+
+def build_trainer(
+    model_name: str, ds: Any, cfg: TrainingConfig, folder: Path, *, tokenizer: Any = None, eval_ds: Any = None,
+    seed: int = 0, device: str = "cpu", dtype: str = "auto", revision: str | None = None, progress: bool = True,
+) -> Any:
+    """The configured STMTrainer (not yet trained) for a checked dataset; `train` is the normal entry point."""
+    from .models import pick_device
+
+    ds = as_dataset(ds)
+    check_dataset(ds)
+    dev = pick_device(device)
+    load_dtype, bf16, fp16 = _precision(cfg.finetune, dev, dtype)
+    return _build(Path(folder), model_name, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16, fp16,
+                  revision, progress, len(ds))
+
+
+def _build(
     folder: Path, model_name: str, tokenizer: Any, ds: Any, eval_ds: Any, cfg: TrainingConfig, seed: int, dev: str,
-    load_dtype: Any, bf16: bool, fp16: bool, revision: str | None, progress: bool, key: str, base_ref: str,
-    model_fp: str, counts: dict[str, int], cached: bool,
-) -> TrainResult:
-    """Build the trainer, train, save adapter + checkpoints + train_result.json into folder."""
-    import torch
+    load_dtype: Any, bf16: bool, fp16: bool, revision: str | None, progress: bool, n_examples: int,
+) -> Any:
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTConfig
 
     from .models import ModelUnavailableError, load_tokenizer, resolve
 
     tokenizer = tokenizer or load_tokenizer(model_name, revision)
-    set_seed(seed)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(resolve(model_name), dtype=load_dtype, revision=revision)
-    except OSError as exc:
-        raise ModelUnavailableError(f"model '{model_name}' could not be loaded for training: {exc}") from exc
-    if dev == "cpu":
-        model.to("cpu")
     peft_config = None
     if cfg.finetune in ("lora", "dora"):
         from peft import LoraConfig
@@ -553,7 +590,7 @@ def _train_into(
         weight_decay=cfg.weight_decay,
         optim=cfg.optim,
         max_grad_norm=cfg.max_grad_norm,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name (TRL defaults it on)
         seed=seed,
         data_seed=seed,
         use_cpu=dev == "cpu",
@@ -571,20 +608,47 @@ def _train_into(
         disable_tqdm=not progress,
         dataloader_num_workers=0,
     )
+    # Load after the config: under DeepSpeed ZeRO-3 / FSDP cpu-efficient loading, the config decides how weights load.
+    set_seed(seed)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve(model_name), dtype=load_dtype, revision=revision)
+    except OSError as exc:
+        raise ModelUnavailableError(f"model '{model_name}' could not be loaded for training: {exc}") from exc
     trainer_cls = _trainer_class()
     train_rows = ds.select_columns(["input_ids", "labels"]).add_column("_row", list(range(len(ds))))
     eval_rows = eval_ds.select_columns(["input_ids", "labels"]) if eval_ds is not None else None
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
-                          processing_class=tokenizer, peft_config=peft_config)
+    with warnings.catch_warnings():  # PEFT 0.21 reads a property transformers 5.24 deprecates; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        trainer = trainer_cls(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                              processing_class=tokenizer, peft_config=peft_config)
     trainer.kl_coef = cfg.kl_coef
     trainer.kl_sign = 1.0 if cfg.kl_mode == "penalty" else -1.0
-    if len(trainer.train_dataset) != counts["examples"]:  # TRL must not drop or add examples
+    trainer.compact_head = COMPACT_HEAD_OFF_GPU and dev not in ("cuda", "xpu")
+    if len(trainer.train_dataset) != n_examples:  # TRL must not drop or add examples
         raise RuntimeError(
-            f"SFTTrainer holds {len(trainer.train_dataset)} training examples, but {counts['examples']} were passed; "
+            f"SFTTrainer holds {len(trainer.train_dataset)} training examples, but {n_examples} were passed; "
             "refusing to train on a silently changed dataset"
         )
-    collator = _RowCollator(trainer.data_collator)
-    trainer.data_collator = collator
+    trainer.data_collator = _RowCollator(trainer.data_collator)
+    if not progress:  # without a progress bar, transformers prints every log line instead
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _train_into(
+    folder: Path, model_name: str, tokenizer: Any, ds: Any, eval_ds: Any, cfg: TrainingConfig, seed: int, dev: str,
+    load_dtype: Any, bf16: bool, fp16: bool, revision: str | None, progress: bool, key: str, base_ref: str,
+    model_fp: str, counts: dict[str, int], cached: bool,
+) -> TrainResult:
+    """Build the trainer, train, save adapter + checkpoints + train_result.json into folder."""
+    import torch
+
+    trainer = _build(folder, model_name, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16, fp16, revision,
+                     progress, counts["examples"])
+    collator = trainer.data_collator
+    eval_rows = trainer.eval_dataset
     ckpt = _callbacks(trainer, folder, cfg.save_every_steps, cfg.save_every_epochs, eval_rows is not None, _save)
     trainer.add_callback(ckpt)
     initial = []
@@ -606,6 +670,12 @@ def _train_into(
     per_epoch = ckpt.per_epoch
     last_epoch = losses[-min(per_epoch, len(losses)):] if losses else []
     seen = [r for mb in collator.order for r in mb]
+    tokens_seen = collator.tokens
+    if _world_size() > 1:  # each rank saw its shard; count what all ranks saw together
+        from accelerate.utils import gather_object
+
+        seen = gather_object(seen)
+        tokens_seen = sum(gather_object([tokens_seen]))
     trained_seen = sum(counts_trained(ds["labels"][r]) for r in seen)
     record = {
         "examples": counts["examples"],
@@ -617,9 +687,11 @@ def _train_into(
         "steps_per_epoch": per_epoch,
         "epochs": float(trainer.state.epoch or 0.0),
         "train_wall_s": round(wall, 3),
-        "tokens_per_s": round(collator.tokens / wall, 1) if wall else None,
+        "tokens_per_s": round(tokens_seen / wall, 1) if wall else None,
         "trained_tokens_per_s": round(trained_seen / wall, 1) if wall else None,
         "s_per_step": round(wall / max(trainer.state.global_step, 1), 4),
+        "step_times_s": [round(t, 4) for t in ckpt.step_times],
+        "compact_lm_head": trainer.compact_head,
         "final_train_loss": losses[-1] if losses else None,
         "last_epoch_train_loss": sum(last_epoch) / len(last_epoch) if last_epoch else None,
         "mean_train_loss": out.training_loss,
@@ -638,7 +710,7 @@ def _train_into(
     result = TrainResult(folder, key, cfg.finetune, base_ref, initial + trainer.state.log_history, record,
                          ckpt.saved, collator.order, cached)
     atomic_write_json(folder / RESULT_FILE, result.to_json())
-    del trainer, model
+    del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
@@ -718,6 +790,51 @@ def loss_on(model: Any, data: Any, batch_size: int = 8) -> float:
 # Command line (what `accelerate launch -m stmkit.training` runs)
 
 
+def check_accelerate_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Dry run of `accelerate launch --config_file path`: needs no GPU and launches nothing.
+
+    Runs accelerate's own launch-argument parsing and config validation, builds the environment its launcher gives
+    every rank, and constructs the FSDP or DeepSpeed plugin from that environment as each rank's Accelerator would.
+    """
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"accelerate config {path} does not exist (configs/accelerate/ has ddp, fsdp, "
+                                "deepspeed_zero3)")
+    args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "stmkit.training"])
+    args, defaults, mp_from_config = _validate_launch_command(args)
+    if args.use_deepspeed:
+        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mp_from_config else [])
+        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+        _, env = prepare_deepspeed_cmd_env(args)
+    else:
+        env = prepare_multi_gpu_env(args)
+    launch_env = {k: str(v) for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}
+    saved = dict(os.environ)
+    try:
+        os.environ.update(launch_env)
+        plugin: Any = None
+        if args.use_fsdp:
+            from accelerate.utils import FullyShardedDataParallelPlugin
+
+            p = FullyShardedDataParallelPlugin()
+            plugin = {"fsdp_version": p.fsdp_version, "state_dict_type": str(p.state_dict_type),
+                      "auto_wrap_policy": getattr(p.auto_wrap_policy, "__name__", str(p.auto_wrap_policy))}
+        elif args.use_deepspeed:
+            from accelerate.utils import DeepSpeedPlugin
+
+            p = DeepSpeedPlugin()
+            plugin = {"zero_stage": p.zero_stage, "zero3_init": p.zero3_init_flag,
+                      "save_16bit": p.deepspeed_config["zero_optimization"].get("stage3_gather_16bit_weights_on_model_save")}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return {"config": str(path), "distributed_type": str(defaults.distributed_type), "num_processes": args.num_processes,
+            "mixed_precision": args.mixed_precision, "env": launch_env, "plugin": plugin}
+
+
 def method_overrides(method: str, overrides: str = "") -> str:
     """The overrides string with masking.rule set by a method name (gt, stm, random, low, quantile, ...)."""
     if method not in METHODS:
@@ -738,7 +855,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                             if src == "ground_truth"])
     parser.add_argument("--run-name", default="")
     parser.add_argument("--results-dir", default="")
+    parser.add_argument("--check-accelerate", nargs="+", metavar="YAML",
+                        help="dry-run accelerate configs (parse, validate, build launch env and plugin) and exit")
     args = parser.parse_args(argv)
+    if args.check_accelerate:
+        for path in args.check_accelerate:
+            info = check_accelerate_config(path)
+            print(f"{path}: {info['distributed_type']}, {info['num_processes']} processes, "
+                  f"{info['mixed_precision']}, plugin {info['plugin']}")
+        return 0
 
     from accelerate import PartialState
 
