@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ def load_metric(name: str, **kwargs: Any) -> Any:
 #   "generate": zero-shot chat prompt (the paper's), greedy decoding, the task's checker (MBPP asserts in the
 #               sandbox, GSM8K number, MATH equivalence, ARC letter, BIRD execution match).
 #   "loglik":   multiple choice by log-likelihood. Context = the task's plain-text format, no chat template
-#               (ARC/SciQ: "Question: <q>\nAnswer:", SciQ with its support passage first, PIQA: "Goal: <g>\nAnswer:"),
+#               (ARC/SciQ: "Question: <q>\nAnswer:", SciQ's support passage first; PIQA: "Goal: <g>\nAnswer:"),
 #               each option appended as " <option>" (tokenised separately, so option tokens are exactly the
 #               option); the prediction is the option with the largest *sum* of token log-probs (the record also
 #               keeps the per-character-normalised choice, pred_index_norm).
@@ -291,8 +292,7 @@ class TaskResult:
 
     def summary(self, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
         """accuracy with a percentile-bootstrap 95% CI over items, n, items_path, and how it was computed."""
-        acc, low, high = bootstrap_ci(self.correct, n_resamples=n_resamples, seed=seed) if self.records else (
-            float("nan"), float("nan"), float("nan"))
+        acc, low, high = bootstrap_ci(self.correct, n_resamples=n_resamples, seed=seed)
         return {
             "accuracy": acc,
             "ci_low": low,
@@ -321,8 +321,8 @@ def weights_fingerprint(model: Any) -> str:
     with torch.no_grad():
         for name, p in model.named_parameters():
             h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-            # Bytes without a copy through numpy's dtype system (bf16 has no numpy dtype).
-            h.update(p.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+            # Raw bytes as uint8 (bf16 has no numpy dtype); hashed through the buffer protocol, without a copy.
+            h.update(p.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().data)
     peft_config = getattr(model, "peft_config", None)
     if peft_config:
         h.update(canonical_json({k: v.to_dict() for k, v in peft_config.items()}).encode())
@@ -353,7 +353,7 @@ def combined_fingerprint(base: str, adapter_dir: str | Path | None = None) -> st
 
 
 def load_adapter(base_model: Any, adapter_dir: str | Path) -> Any:
-    """A PEFT model: the adapter saved in adapter_dir on top of base_model (eval mode; unload() restores the base)."""
+    """A PEFT model: the adapter in adapter_dir on top of base_model, in place (unload() restores the base)."""
     from peft import PeftModel
 
     adapter_fingerprint(adapter_dir)  # a clear error for a folder without adapter_config.json
@@ -369,25 +369,95 @@ def loglik_choices(
     *,
     batch_size: int = 8,
     max_tokens_per_batch: int = 16384,
+    share_context: bool = True,
     progress: bool = True,
 ) -> list[list[float]]:
-    """Sum of token log-probs of each option after its context: one list per item, batched over all options."""
-    from .scoring import Rendered, score_rendered
+    """Sum of token log-probs of each option after its context: one list per item.
 
-    rows: list[Rendered] = []
+    share_context (default): each batch of contexts runs once and its KV cache serves all of their options, so a
+    4-option item costs one context pass instead of four (SciQ's passages make this 3-4x faster on CPU). Without
+    it every (context, option) pair is a separate row (the plain way; the tests check both agree).
+    """
+    ctx_ids, opt_ids = [], []
     for i, (context, options) in enumerate(zip(contexts, choices, strict=True)):
-        ctx = list(tokenizer(context)["input_ids"])
         if not options:
             raise ValueError(f"item {i} has no options to compare")
-        for j, option in enumerate(options):
-            cont = list(tokenizer(" " + option.strip(), add_special_tokens=False)["input_ids"])
-            if not cont:
-                raise ValueError(f"item {i} option {j} ({option!r}) has no tokens")
-            rows.append(Rendered(f"{i}:{j}", ctx + cont, len(ctx)))
+        ctx_ids.append(list(tokenizer(context)["input_ids"]))
+        conts = [list(tokenizer(" " + option.strip(), add_special_tokens=False)["input_ids"]) for option in options]
+        empty = [j for j, c in enumerate(conts) if not c]
+        if empty:
+            raise ValueError(f"item {i} option {empty[0]} ({options[empty[0]]!r}) has no tokens")
+        if not ctx_ids[-1]:
+            raise ValueError(f"item {i} has an empty context; give each option something to follow")
+        opt_ids.append(conts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if share_context:
+        return _loglik_shared(model, ctx_ids, opt_ids, pad, batch_size, max_tokens_per_batch, progress)
+    from .scoring import Rendered, score_rendered
+
+    rows = [Rendered(f"{i}:{j}", c + o, len(c)) for i, (c, os_) in enumerate(zip(ctx_ids, opt_ids, strict=True))
+            for j, o in enumerate(os_)]
     scored = score_rendered(model, rows, pad, batch_size, max_tokens_per_batch, progress)
     sums = iter(float(np.sum(s.logprobs)) for s in scored)
     return [[next(sums) for _ in options] for options in choices]
+
+
+def _loglik_shared(
+    model: Any, ctx_ids: list[list[int]], opt_ids: list[list[list[int]]], pad_id: int, batch_size: int,
+    max_tokens: int, progress: bool,
+) -> list[list[float]]:
+    """Context pass (left-padded, so every context ends in the last column), then all options on its KV cache."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .scoring import _head, _pad, length_sorted_batches
+
+    device = next(model.parameters()).device
+    decoder, head, cap = _head(model)
+    # batch_size counts items (contexts); the token cap bounds the option pass, whose rows each carry a copy of
+    # their context: (context + longest option) x number of options per item.
+    lengths = [(len(c) + max(len(o) for o in os_)) * len(os_) for c, os_ in zip(ctx_ids, opt_ids, strict=True)]
+    batches = length_sorted_batches(lengths, batch_size, max_tokens)
+    out: list[list[float] | None] = [None] * len(ctx_ids)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            bar = tqdm(batches, desc="option log-likelihoods", unit="batch", disable=not progress, leave=False)
+            for batch in bar:
+                ids, mask = _pad([ctx_ids[i] for i in batch], pad_id, "left")
+                ids, mask = ids.to(device), mask.to(device)
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                first = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+                rows = [(k, j) for k, i in enumerate(batch) for j in range(len(opt_ids[i]))]
+                owner = torch.tensor([k for k, _ in rows], device=device)
+                cache = first.cache  # transformers >= 5: "cache" (formerly past_key_values)
+                cache.batch_select_indices(owner)  # one copy of its item's context cache per option row
+                opts = [opt_ids[batch[k]][j] for k, j in rows]
+                oid, omask = _pad(opts, pad_id, "right")
+                oid, omask = oid.to(device), omask.to(device)
+                opos = pos[owner, -1:] + 1 + torch.arange(oid.shape[1], device=device)
+                second = decoder(input_ids=oid, attention_mask=torch.cat([mask[owner], omask], dim=1),
+                                 position_ids=opos, cache=cache, use_cache=True).last_hidden_state
+                # Option token t is predicted by the context's last position (t = 0) or option position t - 1.
+                last = first.last_hidden_state[:, -1]
+                hidden = torch.cat([torch.cat([last[k : k + 1], second[r, : len(opts[r]) - 1]])
+                                    for r, (k, _) in enumerate(rows)])
+                targets = torch.tensor([t for o in opts for t in o], device=device)
+                logits = head(hidden).float()
+                if cap:
+                    logits = torch.tanh(logits / cap) * cap
+                lp = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
+                start = 0
+                sums: dict[int, list[float]] = {}
+                for (k, _), o in zip(rows, opts, strict=True):
+                    sums.setdefault(batch[k], []).append(float(lp[start : start + len(o)].sum()))
+                    start += len(o)
+                for i, v in sums.items():
+                    out[i] = v
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
 
 
 def _records_loglik(
@@ -490,7 +560,7 @@ def evaluate_task(
         raise ValueError(f"no items to evaluate for task {task.name}; check n_items and the split {split!r}")
     wrong = sorted({ex.task for ex in items} - {task.name})
     if wrong:
-        raise ValueError(f"items of task(s) {wrong} passed to evaluate_task for {task.name}; load {task.name} items")
+        raise ValueError(f"items of task(s) {wrong} passed to evaluate_task for {task.name}; pass {task.name} items")
     if isinstance(model, generation.VLLMEngine) and mode == "loglik":
         raise ValueError(f"{task.name} in 'loglik' mode needs the transformers model; vLLM only generates")
     cache = cache or Cache()
@@ -500,8 +570,10 @@ def evaluate_task(
         settings.update(decoding=decoding.key(), sandbox_timeout_s=sandbox_timeout_s,
                         judge=None if judge is None else getattr(judge, "__qualname__", repr(judge)))
     if fingerprint is None:
+        if isinstance(model, generation.VLLMEngine):
+            raise ValueError("pass fingerprint=... with a VLLMEngine (e.g. models.fingerprint of its folder)")
         fingerprint = weights_fingerprint(model)
-    dtype = str(next(model.parameters()).dtype) if hasattr(model, "parameters") else "vllm"
+    dtype = "vllm" if isinstance(model, generation.VLLMEngine) else str(next(model.parameters()).dtype)
     answers = [(ex.id, ex.answer, list(ex.choices), ex.gold_index, list(ex.tests)) for ex in items]
     key = content_key(
         "eval", EVAL_VERSION, model=fingerprint, tokenizer=tokenizer_fingerprint(tokenizer), settings=settings,
@@ -568,7 +640,10 @@ def evaluate_model(
     cfg = config or EvalConfig()
     if isinstance(tasks, str):
         raise TypeError(f"tasks must be a list of task names, not the string {tasks!r}")
-    fp = fingerprint or weights_fingerprint(model)
+    from .generation import VLLMEngine
+
+    # Hash the weights once for all tasks (evaluate_task asks a VLLMEngine for an explicit fingerprint).
+    fp = fingerprint or (None if isinstance(model, VLLMEngine) else weights_fingerprint(model))
     out: dict[str, dict[str, Any]] = {}
     for spec in tasks:
         name, mode = parse_task_spec(spec)
@@ -664,5 +739,66 @@ def accuracy_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], with_
             title = get_task(name).title + (f" ({mode})" if mode else "")
             row[title] = (f"{s['accuracy']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if with_ci
                           else s["accuracy"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
+@contextlib.contextmanager
+def trained_model(
+    base_model: Any, run_results: Mapping[str, Any], base_fingerprint: str
+) -> Iterator[tuple[Any, str, Any]]:
+    """(model, fingerprint, base for drift) of a training run, from its run.json results; base_model restored after.
+
+    results["adapter_dir"] (PEFT adapter, LoRA/DoRA): the adapter goes on top of base_model in place and is
+    removed again on exit; drift then uses the same model with the adapter disabled (base for drift: None).
+    results["model_dir"] (full fine-tuning, a save_pretrained folder): loaded as a second model on base_model's
+    device and dtype; drift compares it with base_model.
+    """
+    if run_results.get("adapter_dir"):
+        adapter_dir = Path(run_results["adapter_dir"])
+        model = load_adapter(base_model, adapter_dir)
+        try:
+            yield model, combined_fingerprint(base_fingerprint, adapter_dir), None
+        finally:
+            model.unload()  # removes the LoRA layers from base_model without merging them
+        return
+    if run_results.get("model_dir"):
+        from transformers import AutoModelForCausalLM
+
+        from .models import fingerprint
+
+        param = next(base_model.parameters())
+        model = AutoModelForCausalLM.from_pretrained(str(run_results["model_dir"]), dtype=param.dtype)
+        model.to(param.device).eval()
+        yield model, fingerprint(str(run_results["model_dir"])), base_model
+        return
+    raise KeyError(
+        f"the training run's results have neither 'adapter_dir' nor 'model_dir' (keys: {sorted(run_results)}); "
+        "run the training notebook to completion for that run first"
+    )
+
+
+def transfer_table(
+    transfer: Mapping[str, Mapping[str, Any]], drifts: Mapping[str, Mapping[str, Any]] | None = None
+) -> Any:
+    """TI and BWT (percent, 95% CIs) per fine-tuned model, with the mean drift KL beside BWT when given."""
+    import pandas as pd
+
+    def fmt(value: Any, low: Any, high: Any) -> str:
+        return "n/a" if value is None else f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+    rows = []
+    for label, rep in transfer.items():
+        row = {
+            "method": label,
+            "TI % [95% CI]": fmt(rep.get("ti"), rep.get("ti_low"), rep.get("ti_high")),
+            "BWT % [95% CI]": fmt(rep.get("bwt"), rep.get("bwt_low"), rep.get("bwt_high")),
+            "BWT tasks": ", ".join(rep.get("bwt_tasks", [])),
+            "left out (original accuracy 0)": ", ".join(rep.get("excluded", [])),
+        }
+        if drifts is not None and label in drifts:
+            d = drifts[label]["all"]
+            row["drift KL (nats/token)"] = round(d["kl"], 5)
+            row["Δ NLL base answers"] = round(d["delta_nll"], 4)
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")

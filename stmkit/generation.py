@@ -20,7 +20,6 @@ prompts fall into batches: the same call with the same settings gives the same s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,7 +47,9 @@ class Decoding:
         if self.num_samples < 1:
             raise ValueError(f"num_samples={self.num_samples!r} must be >= 1")
         if self.num_samples > 1 and not self.do_sample:
-            raise ValueError(f"num_samples={self.num_samples} needs do_sample=True: greedy completions are identical")
+            raise ValueError(
+                f"num_samples={self.num_samples} needs do_sample=True: greedy completions are identical"
+            )
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise ValueError(
                 f"sampling needs temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}; "
@@ -78,13 +79,15 @@ def greedy(max_new_tokens: int = 256) -> Decoding:
     return Decoding(max_new_tokens=max_new_tokens)
 
 
-def sampling(n: int, temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 256, seed: int = 0) -> Decoding:
+def sampling(
+    n: int, temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 256, seed: int = 0
+) -> Decoding:
     """Sampling settings: n completions per prompt (the paper's Self-Output: 32 at T=0.7, top_p=0.95)."""
     return Decoding(max_new_tokens, True, temperature, top_p, n, seed)
 
 
 def chat_prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
-    """Token ids of a prompt rendered with the chat template and the generation prompt (as scoring.render does)."""
+    """Token ids of a prompt in the chat template, generation prompt appended (as scoring.render renders it)."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if hasattr(ids, "keys"):  # some versions return a BatchEncoding
@@ -93,7 +96,7 @@ def chat_prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:
-    """The end-of-turn token of the chat template, then EOS if it differs (Llama 3: <|eot_id|>, <|end_of_text|>)."""
+    """The chat template's end-of-turn token, then EOS if different (Llama 3: <|eot_id|>, <|end_of_text|>)."""
     ids = [tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))]
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
@@ -101,7 +104,7 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
 
 
 def hf_generation_config(decoding: Decoding, stop_ids: Sequence[int], pad_id: int) -> Any:
-    """A transformers GenerationConfig with every decoding knob set, so the model's own defaults cannot leak in."""
+    """A transformers GenerationConfig with every decoding knob set: the model's own defaults cannot leak in."""
     from transformers import GenerationConfig
 
     explicit: dict[str, Any] = {
@@ -119,7 +122,11 @@ def hf_generation_config(decoding: Decoding, stop_ids: Sequence[int], pad_id: in
     }
     if decoding.do_sample:
         # top_k 0 disables top-k filtering (transformers' default would silently apply top_k=50).
-        explicit.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=0, typical_p=1.0, min_p=None)
+        # min_p/epsilon/eta 0 switch those filters off rather than leaving them for the model's config to fill.
+        explicit.update(
+            temperature=decoding.temperature, top_p=decoding.top_p, top_k=0, typical_p=1.0, min_p=0.0,
+            epsilon_cutoff=0.0, eta_cutoff=0.0,
+        )  # fmt: skip
     else:
         # Neutral values: with do_sample=False they are unused, but set so a model's config cannot supply others.
         explicit.update(temperature=1.0, top_p=1.0, top_k=50, typical_p=1.0)
@@ -162,7 +169,9 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     if isinstance(model, VLLMEngine):
-        return model.generate([chat_prompt_ids(tokenizer, p) for p in prompts], decoding, stop_token_ids(tokenizer))
+        return model.generate(
+            [chat_prompt_ids(tokenizer, p) for p in prompts], decoding, stop_token_ids(tokenizer)
+        )
     if not prompts:
         return []
     import torch
@@ -245,7 +254,6 @@ class VLLMEngine:
             llm_kwargs.setdefault("enable_lora", True)
         self.llm = LLM(model=str(model), seed=seed, **llm_kwargs)
         self.adapter_dir = adapter_dir
-        self.training = False  # generate() treats the engine like an eval-mode model
 
     def generate(
         self, prompt_ids: Sequence[list[int]], decoding: Decoding, stop_ids: Sequence[int]
@@ -276,9 +284,3 @@ class VLLMEngine:
             ]
             for out in outs
         ]
-
-
-def tokens_per_second(completions: Sequence[Sequence[Completion]], seconds: float) -> float:
-    """Generated tokens per second over a set of completions."""
-    n = sum(len(c.token_ids) + int(c.finished) for cs in completions for c in cs)
-    return n / seconds if seconds > 0 else math.inf

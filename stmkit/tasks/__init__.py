@@ -4,5 +4,6 @@ from .base import SPLITS, Example, ScoreOptions
 from .registry import TASKS, Task, compute_splits, convert_rows, get_task, load, score
 
 __all__ = [
-    "SPLITS", "TASKS", "Example", "ScoreOptions", "Task", "compute_splits", "convert_rows", "get_task", "load", "score",
+    "SPLITS", "TASKS", "Example", "ScoreOptions", "Task",
+    "compute_splits", "convert_rows", "get_task", "load", "score",
 ]  # fmt: skip

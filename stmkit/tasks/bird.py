@@ -711,7 +711,7 @@ TASK = register(
         kind="sql",
         title="BIRD",
         embedded=None,
-        note=f"BIRD dev from ${BIRD_DIR_ENV} / eval.bird_dir; otherwise the offline stand-in (NOT BIRD, see bird.py)",
+        note=f"BIRD dev from ${BIRD_DIR_ENV} / eval.bird_dir; else the offline stand-in (NOT BIRD, see bird.py)",
         scorer=score_many,
         loader=_load,
     )

@@ -57,7 +57,7 @@ def extract(text: str, example: Example | None = None) -> str | None:
 
 
 def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreOptions) -> list[dict[str, Any]]:
-    """Local equivalence (normalisation, then sympy), or options.judge(problem, pred, gold) when one is plugged in."""
+    """Local equivalence (normalisation, then sympy), or options.judge(problem, pred, gold) when plugged in."""
     from .answers import math_equal_with_judge
 
     out = []

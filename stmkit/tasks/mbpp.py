@@ -49,7 +49,8 @@ def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreO
     codes = [extract(text) for text in generated]
     todo = [i for i, code in enumerate(codes) if code.strip()]
     programs = [sandbox.build_program(codes[i], examples[i].tests, examples[i].setup) for i in todo]
-    results = dict(zip(todo, sandbox.run_many(programs, workers=options.workers, timeout_s=options.timeout_s), strict=True))
+    runs = sandbox.run_many(programs, workers=options.workers, timeout_s=options.timeout_s)
+    results = dict(zip(todo, runs, strict=True))
     out = []
     for i, code in enumerate(codes):
         res = results.get(i)
