@@ -443,6 +443,102 @@ def fig13(ctx: Context) -> Section:
     return Section("fig13", title, "made", f"Kit: {ctx.scale(next(iter(sft.values()))['record'])}.", files, claim)
 
 
+def _variant_table(ctx: Context, ident: str, key: str, caption: str, paper_cols: list[str]) -> Section:
+    """A table of evaluated sft runs grouped by one config field (finetune type, learning rate, regulariser)."""
+    title = TITLES[ident]
+    sft = _sft(ctx)
+    df = _transfer_rows(ctx)
+    if df.empty:
+        return _missing(ident, title, NEEDS[ident])
+    df.insert(2, key, [sft.get(r, {}).get(key) for r in df["run"]])
+    df.insert(3, "delta_w", [sft.get(r, {}).get("delta_w") for r in df["run"]])
+    if df[key].nunique() < 2:
+        return _missing(ident, title, NEEDS[ident])
+    _, _, _, rec = _evals(ctx)
+    files = save_table(df, f"{ident}_{key}", ctx.tables_dir, f"{caption} (kit, {ctx.scale(rec)}).")
+    body = f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n" + _paper_md(int(ident[5:]), paper_cols)
+    return Section(ident, title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files],
+                   f"STM vs ground truth within each {key}: compare the BWT intervals of matching rows "
+                   "(one seed per row).")
+
+
+@generator("table04")
+def table04(ctx: Context) -> Section:
+    return _variant_table(ctx, "table04", "finetune", "Table 4: fine-tuning types with and without STM",
+                          ["method", "metric", "value"])
+
+
+@generator("table05")
+def table05(ctx: Context) -> Section:
+    return _variant_table(ctx, "table05", "learning_rate", "Table 5: learning-rate sweep",
+                          ["model", "learning_rate", "method", "metric", "value"])
+
+
+@generator("table08")
+def table08(ctx: Context) -> Section:
+    title = TITLES["table08"]
+    reg = ctx.by_stage("regularization")
+    if not reg:
+        return _missing("table08", title, NEEDS["table08"])
+    name, rec = next(iter(reg.items()))
+    df = pd.DataFrame(rec["results"]["table08"]).drop(columns=["adapter_key"], errors="ignore")
+    files = save_table(df, "table08_regularization", ctx.tables_dir,
+                       f"Table 8 (kit, {ctx.scale(rec)}). {rec['results'].get('delta_w_definition', '')}")
+    stm = df[df["method"] == "STM"]["delta_w"]
+    gt = df[df["method"] != "STM"]["delta_w"]
+    claim = ("STM changes the weights less than every regularised ground-truth run (||ΔW||): "
+             + ("not measured" if stm.empty or gt.empty else
+                f"{'yes' if float(stm.iloc[0]) < float(gt.min()) else 'no'} (STM {float(stm.iloc[0]):.3f}, "
+                f"regularised runs {float(gt.min()):.3f}-{float(gt.max()):.3f}). BWT/TI of these adapters: see "
+                "the evaluate run when the profile evaluates them (cpu-full)."))
+    body = f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n" + _paper_md(
+        8, ["config_as_printed", "metric", "value"])
+    return Section("table08", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files], claim)
+
+
+@generator("fig05")
+def fig05(ctx: Context) -> Section:
+    import matplotlib.pyplot as plt
+
+    from .plots import color, save_figure, use_style
+
+    title = TITLES["fig05"]
+    sft = {n: i for n, i in _sft(ctx).items() if i["method"] in ("stm", "gt")}
+    acc, _, _, rec = _evals(ctx)
+    pts = [(i["masked_%"], t, sm["accuracy"], sm["ci_low"], sm["ci_high"]) for n, i in sft.items() if n in acc
+           for t, sm in acc[n].items()]
+    if len({p[0] for p in pts}) < 3:
+        return _missing("fig05", title, NEEDS["fig05"])
+    use_style()
+    tasks = sorted({p[1] for p in pts})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False)
+    for ax, t in zip(axes[0], tasks, strict=True):
+        xs = sorted((p for p in pts if p[1] == t), key=lambda p: p[0])
+        ax.errorbar([p[0] for p in xs], [p[2] for p in xs],
+                    yerr=[[p[2] - p[3] for p in xs], [p[4] - p[2] for p in xs]], marker="o", color=color("STM"))
+        ax.set_title(t)
+        ax.set_xlabel("% tokens masked")
+    axes[0][0].set_ylabel("accuracy")
+    files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, "fig05_tau_sweep", ctx.figures_dir)]
+    return Section("fig05", title, "made", f"Kit: {ctx.scale(rec)}; error bars are 95% bootstrap CIs over items.",
+                   files, "Accuracy against the share of masked tokens; at this scale read the error bars first.")
+
+
+@generator("fig14")
+def fig14(ctx: Context) -> Section:
+    from .plots import save_figure, singular_value_curves
+
+    title = TITLES["fig14"]
+    spectra = {i["label"]: pd.DataFrame(i["record"]["results"]["spectra"]) for i in _sft(ctx).values()
+               if i["record"]["results"].get("spectra") and i["method"] in ("gt", "self_output", "rephrase", "stm")}
+    if not spectra:
+        return _missing("fig14", title, NEEDS["fig14"])
+    fig = singular_value_curves(spectra, "q_proj")
+    files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, "fig14_singular_values", ctx.figures_dir)]
+    return Section("fig14", title, "made", "Singular values of each layer's LoRA update (q_proj).", files,
+                   "Illustration of the update spectra; compare with Figure 13's effective ranks.")
+
+
 # ---------------------------------------------------------------- outputs this kit cannot make
 
 
@@ -594,3 +690,57 @@ def build_report(root: Path, profile: str) -> list[Section]:
     sections = build_sections(ctx)
     write_report(ctx, sections)
     return sections
+
+
+MAP_START, MAP_END = "<!-- paper-map:start -->", "<!-- paper-map:end -->"
+
+
+def paper_map(root: Path, profile: str = "cpu-demo") -> str:
+    """The README's map: each paper table/figure -> notebooks, make target, output file, runtime on the profile."""
+    from .pipeline import load_sweep
+
+    profiles = ["cpu-demo", "cpu-full", "paper"]
+    feeders = {p: load_sweep(p) for p in profiles}
+    try:
+        wall = json.loads((Path(root) / "pipeline_timings.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        wall = {}
+    sections = {s.id: s for s in build_sections(Context.load(root, profile))}
+    lines = ["| paper | notebooks | command | output (results/cpu-demo/...) | cpu-demo wall time |",
+             "|---|---|---|---|---|"]
+    for ident in ORDER:
+        where = next((p for p in profiles if any(ident in r.feeds for r in feeders[p])), None)
+        runs = [r for r in feeders[where] if ident in r.feeds] if where else []
+        nbs = ", ".join(sorted({f"`{r.notebook}`" for r in runs})) or "—"
+        cmd = f"`make reproduce ONLY={ident}`" + ("" if where in (None, "cpu-demo") else f" `PROFILE={where}`")
+        sec = sections.get(ident)
+        if sec and sec.status == "made":
+            out = ", ".join(f"`{f}`" for f in sec.files if f.endswith((".png", ".csv"))) or "REPORT.md"
+        elif sec and sec.status == "unavailable":
+            out, cmd = "not available offline", "—"
+        else:
+            out = f"needs profile `{where}`" if where and where != profile else "—"
+        secs = sum(wall.get(r.name, 0.0) for r in runs) if where == profile else None
+        t = f"{secs / 60:.1f} min" if secs else "—"
+        title = sections[ident].title if ident in sections else TITLES.get(ident, ident)
+        lines.append(f"| {title} | {nbs} | {cmd} | {out} | {t} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, root: Path, profile: str = "cpu-demo") -> None:
+    """Rewrite the map between the markers in README.md from the recorded runs."""
+    text = readme.read_text()
+    if MAP_START not in text or MAP_END not in text:
+        raise ValueError(f"{readme} has no {MAP_START} ... {MAP_END} markers")
+    head, rest = text.split(MAP_START, 1)
+    _, tail = rest.split(MAP_END, 1)
+    atomic_write_text(readme, head + MAP_START + "\n" + paper_map(root, profile) + "\n" + MAP_END + tail)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .experiment import REPO_ROOT, results_root
+
+    update_readme(REPO_ROOT / "README.md", results_root(sys.argv[1] if len(sys.argv) > 1 else "cpu-demo"))
+    print("README.md map updated")
