@@ -52,7 +52,7 @@ reproduce: setup ## run the PROFILE (default cpu-demo) pipeline; ONLY=table02, D
 	$(BIN)/python -m stmkit.pipeline --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(DRY_RUN),--dry-run)
 
 lab: setup ## open JupyterLab on notebooks/ with the stmkit kernel
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: setup ## speed benchmarks (ratios against baselines measured in the same run)
 	$(BIN)/python -m benchmarks
