@@ -625,6 +625,11 @@ def build_sections(ctx: Context) -> list[Section]:
     return out
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell (||ΔW|| and KL(p||q) would split the row)."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def write_report(ctx: Context, sections: list[Section]) -> tuple[Path, Path]:
     """results/<profile>/REPORT.md and REPORT.html."""
     import mistune
@@ -647,7 +652,7 @@ def write_report(ctx: Context, sections: list[Section]) -> tuple[Path, Path]:
         "| output | status | claim at this scale |",
         "|---|---|---|",
     ]
-    lines += [f"| [{s.id}](#{s.id}) | {s.status} | {s.claim or s.body.split(chr(10))[0]} |" for s in sections]
+    lines += [f"| [{s.id}](#{s.id}) | {s.status} | {_cell(s.claim or s.body.split(chr(10))[0])} |" for s in sections]
     try:  # wall time of each notebook as the pipeline measured it (kernel start included)
         wall = json.loads((ctx.root / "pipeline_timings.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -712,7 +717,8 @@ def paper_map(root: Path, profile: str = "cpu-demo") -> str:
         where = next((p for p in profiles if any(ident in r.feeds for r in feeders[p])), None)
         runs = [r for r in feeders[where] if ident in r.feeds] if where else []
         nbs = ", ".join(sorted({f"`{r.notebook}`" for r in runs})) or "—"
-        cmd = f"`make reproduce ONLY={ident}`" + ("" if where in (None, "cpu-demo") else f" `PROFILE={where}`")
+        cmd = ("—" if where is None else f"`make reproduce ONLY={ident}`"
+               + ("" if where == "cpu-demo" else f" `PROFILE={where}`"))
         sec = sections.get(ident)
         if sec and sec.status == "made":
             out = ", ".join(f"`{f}`" for f in sec.files if f.endswith((".png", ".csv"))) or "REPORT.md"
@@ -723,7 +729,9 @@ def paper_map(root: Path, profile: str = "cpu-demo") -> str:
         secs = sum(wall.get(r.name, 0.0) for r in runs) if where == profile else None
         t = f"{secs / 60:.1f} min" if secs else "—"
         title = sections[ident].title if ident in sections else TITLES.get(ident, ident)
-        lines.append(f"| {title} | {nbs} | {cmd} | {out} | {t} |")
+        if where is None and not (sec and sec.status == "unavailable"):
+            out = "not built yet (the report says what it needs)"
+        lines.append(f"| {_cell(title)} | {nbs} | {cmd} | {out} | {t} |")
     return "\n".join(lines)
 
 
