@@ -127,8 +127,10 @@ def test_a_failing_run_does_not_stop_the_batch(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, delay", [(signal.SIGKILL, 4.0), (signal.SIGTERM, 9.0), (signal.SIGINT, 13.0)])
-def test_kill_at_any_point_then_resume_completes_without_redoing(tmp_path, sig, delay):
+@pytest.mark.parametrize("sig, during, delay", [(signal.SIGKILL, 1, 2.0), (signal.SIGTERM, 2, 0.5),
+                                                (signal.SIGINT, 3, 0.2)])
+def test_kill_at_any_point_then_resume_completes_without_redoing(tmp_path, sig, during, delay):
+    """Kill while run `during` executes (found from the progress line, not a clock), then resume."""
     sweep = _sweep(tmp_path, KILL_SWEEP)
     out = tmp_path / "out"
     proc = subprocess.Popen(
@@ -136,9 +138,15 @@ def test_kill_at_any_point_then_resume_completes_without_redoing(tmp_path, sig, 
          str(sweep)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    marker = f"[{during}/{len(KILL_SWEEP)}]"
+    for line in proc.stdout:
+        if line.startswith(marker):
+            break
+    else:
+        pytest.fail(f"the pipeline never printed {marker}")
     time.sleep(delay)
     os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
-    proc.wait(timeout=120)
+    proc.communicate(timeout=120)
     if sig == signal.SIGKILL:
         time.sleep(1.0)  # let an orphaned kernel notice its parent is gone
     finished = _markers(out, sweep)
