@@ -314,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", default=None, help="a sweep file (default: configs/sweeps/<profile>.yaml)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)  # `kill` behaves like Ctrl-C: clean shutdown, resumable
+    # A shell starting us in the background (CI, `cmd &`) sets SIGINT to ignored, which Python inherits;
+    # an explicit interrupt should still stop the batch cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run_pipeline(args.profile, args.only, args.dry_run, args.results_dir, args.sweep)
     except ConfigError as exc:
