@@ -725,14 +725,29 @@ def counts_trained(labels: Sequence[int]) -> int:
 # Measurements on trained models
 
 
+def _trained_batches(ds: Any, batch_size: int, device: Any, desc: str = "", progress: bool = False) -> Any:
+    """(input_ids, attention_mask, labels, keep) per batch; keep marks positions whose next token is trained."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .scoring import _pad
+
+    rows = list(zip(ds["input_ids"], ds["labels"], strict=True))
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
+        chunk = rows[start : start + batch_size]
+        ids, mask = _pad([r[0] for r in chunk], 0)
+        labels, _ = _pad([r[1] for r in chunk], IGNORE)
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != IGNORE
+        yield ids.to(device), mask.to(device), labels.to(device), keep.to(device)
+
+
 def kl_to_base(model: Any, data: Any, base_model: Any = None, batch_size: int = 8, progress: bool = False) -> float:
     """Mean KL(p_base || p_tuned) per trained token of data; base = adapter disabled (or base_model if given)."""
     import contextlib
 
     import torch
-    from tqdm.auto import tqdm
 
-    from .scoring import _pad
 
     ds = as_dataset(data, "data")
     if base_model is None and not hasattr(model, "disable_adapter"):
@@ -741,15 +756,8 @@ def kl_to_base(model: Any, data: Any, base_model: Any = None, batch_size: int = 
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
-    rows = list(zip(ds["input_ids"], ds["labels"], strict=True))
     with torch.inference_mode():
-        for start in tqdm(range(0, len(rows), batch_size), desc="KL to base", disable=not progress, leave=False):
-            chunk = rows[start : start + batch_size]
-            ids, mask = _pad([r[0] for r in chunk], 0)
-            labels, _ = _pad([r[1] for r in chunk], IGNORE)
-            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = labels[:, 1:] != IGNORE
+        for ids, mask, _, keep in _trained_batches(ds, batch_size, device, "KL to base", progress):
             logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float(), -1)
             ctx = model.disable_adapter() if base_model is None else contextlib.nullcontext()
             ref = model if base_model is None else base_model
@@ -765,20 +773,12 @@ def loss_on(model: Any, data: Any, batch_size: int = 8) -> float:
     """Mean NLL per trained token of data under model (teacher-forced)."""
     import torch
 
-    from .scoring import _pad
 
     ds = as_dataset(data, "data")
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    rows = list(zip(ds["input_ids"], ds["labels"], strict=True))
     with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            ids, mask = _pad([r[0] for r in chunk], 0)
-            labels, _ = _pad([r[1] for r in chunk], IGNORE)
-            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = labels[:, 1:] != IGNORE
+        for ids, mask, labels, keep in _trained_batches(ds, batch_size, device):
             logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
             tgt = labels[:, 1:][keep[:, :-1]]
             total += float(-torch.log_softmax(logits, -1).gather(-1, tgt[:, None]).sum())

@@ -25,5 +25,6 @@ def test_tour_runs_under_papermill(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "results" / "runs" / "tour" / "run.json").read_text())
     assert set(record["results"]["drift_kl"]) == {"Ground Truth", "STM"}
     assert 0.0 < record["results"]["masked_share"] < 1.0
+    assert '"image/png"' in out.read_text(), "figures must show in the notebook, not only be saved"
     figures = tmp_path / "results" / "runs" / "tour" / "figures"
     assert (figures / "tour_loss.png").is_file() and (figures / "tour_drift.png").is_file()
