@@ -280,3 +280,41 @@ def singular_value_curves(spectra: Mapping[str, pd.DataFrame], projection: str =
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def convergence(curves: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], accuracy: Mapping[str, pd.DataFrame],
+                title: str = "") -> Any:
+    """Figures 4 and 7: target-task accuracy, validation loss and training loss against epochs, per method.
+
+    accuracy maps a label to rows with epoch, accuracy, ci_low, ci_high (checkpoint evaluations; epoch 0 is the
+    original model); a label without them is left out of the first panel, which says so when empty.
+    """
+    use_style()
+    fig, (ax_acc, ax_ev, ax_tr) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for label, (train, val) in curves.items():
+        c = color(label)
+        acc = accuracy.get(label)
+        if acc is not None and len(acc):
+            acc = acc.sort_values("epoch")
+            ax_acc.errorbar(acc["epoch"], acc["accuracy"], yerr=[acc["accuracy"] - acc["ci_low"],
+                            acc["ci_high"] - acc["accuracy"]], color=c, marker="o", ms=3, lw=1.2, capsize=2,
+                            label=label)
+        if len(val):
+            ax_ev.plot(val["epoch"], val["eval_loss"], color=c, marker="o", ms=3, lw=1.2, label=label)
+        if len(train):
+            ax_tr.plot(train["epoch"], train["loss"], color=c, lw=1.0, label=label)
+    ax_acc.set_title("target-task test accuracy (95% CI)", fontsize=10)
+    ax_ev.set_title("validation loss (all ground-truth tokens)", fontsize=10)
+    ax_tr.set_title("training loss per step (trained tokens)", fontsize=10)
+    for ax, ylab in ((ax_acc, "accuracy"), (ax_ev, "mean NLL per token"), (ax_tr, "mean NLL per token")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylab)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    if not ax_acc.has_data():
+        ax_acc.text(0.5, 0.5, "no checkpoint evaluations\n(05_evaluate checkpoint_tasks)", ha="center",
+                    va="center", transform=ax_acc.transAxes, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

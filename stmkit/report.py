@@ -54,6 +54,15 @@ class Context:
     def by_stage(self, stage: str) -> dict[str, dict[str, Any]]:
         return {n: r for n, r in self.runs.items() if r.get("stage") == stage}
 
+    def scope(self, model: str | None = None, target: str | None = None) -> Context:
+        """The runs of one model and/or one target task (the paper's per-model tables), same output folders."""
+        runs = {n: r for n, r in self.runs.items()
+                if (model is None or model_of(r) == model) and (target is None or target_of(r) == target)}
+        return Context(self.root, self.profile, runs)
+
+    def models(self) -> list[str]:
+        return sorted({m for r in self.runs.values() if (m := model_of(r))})
+
     @property
     def tables_dir(self) -> Path:
         return self.root / "tables"
@@ -81,6 +90,18 @@ class Context:
                 f"{data.get('n_train')} training examples, seed {cfg.get('seed')}")
 
 
+def model_of(record: dict[str, Any]) -> str | None:
+    return record.get("config", {}).get("model", {}).get("name")
+
+
+def target_of(record: dict[str, Any]) -> str | None:
+    return record.get("config", {}).get("data", {}).get("target")
+
+
+# The paper's models as the kit's registry names them (configs/sweeps/paper.yaml).
+LLAMA, GEMMA2B, MISTRAL, OLMO, GEMMA9B = ("llama-3-8b-instruct", "gemma-2-2b-it", "mistral-7b-instruct",
+                                          "olmo-2-7b-instruct", "gemma-2-9b-it")
+
 GENERATORS: dict[str, Callable[[Context], Section]] = {}
 
 
@@ -90,6 +111,19 @@ def generator(ident: str) -> Callable:
         return fn
 
     return wrap
+
+
+def _rel(ctx: Context, files: list[Any]) -> list[str]:
+    return [str(Path(f).relative_to(ctx.root)) for f in files]
+
+
+def _main(ctx: Context, paper_model: str | None = None, target: str | None = None) -> Context:
+    """The runs a single-model table reads: the paper's model for it when the profile has that model's runs,
+    otherwise every run (the offline profiles have one model); narrowed to `target` when runs for it exist."""
+    sub = ctx.scope(paper_model) if paper_model and ctx.scope(paper_model).runs else ctx
+    if target and sub.scope(target=target).runs:
+        sub = sub.scope(target=target)
+    return sub
 
 
 def _missing(ident: str, title: str, needs: str) -> Section:
@@ -165,28 +199,61 @@ def fig03(ctx: Context) -> Section:
     return Section("fig03", title, "made", f"Kit: {ctx.scale(rec)}.", files, claim)
 
 
-def _category_section(ctx: Context, ident: str, paper_model: str) -> Section:
+def _category_claim(df: pd.DataFrame) -> str:
+    """Which category is over-represented among high-PPL tokens (per source when there are several)."""
+    parts = []
+    for source, g in df.groupby(df["source"] if "source" in df else pd.Series("GT", index=df.index)):
+        pivot = g.pivot_table(index="category", columns="tokens", values="share")
+        if {"all", "masked"} <= set(pivot.columns):
+            more = (pivot["masked"] - pivot["all"]).to_dict()
+            top = max(more, key=more.get)
+            parts.append(f"{source}: {top} ({100 * more[top]:+.1f} points vs all tokens)")
+    return "Over-represented among high-PPL tokens: " + "; ".join(parts)
+
+
+def _category_section(ctx: Context, ident: str, paper_model: str, registry_name: str, substitute: int) -> Section:
+    """Figures 8-10: token categories of all vs high-PPL tokens, one scoring model each in the paper.
+
+    With the paper's model among the profile's mask runs, that model's run is used (MATH target first). The
+    offline profiles have one real model: Figure 8 is its target-task data, and Figures 9-10 are the same analysis
+    on other tasks' ground truth (02_mask_tokens `category_tasks`), labelled as substitutes.
+    """
     title = f"Figure {int(ident[3:])}. Token categories of all vs high-PPL tokens ({paper_model} in the paper)"
     runs = ctx.by_stage("mask")
     if not runs:
         return _missing(ident, title, "a 02_mask_tokens run")
-    if ident != "fig08":
-        return _missing(ident, title, f"mask runs on the paper's {paper_model} (profile `paper`); the offline "
-                        "profiles score with one model, shown in fig08")
-    name, rec = next(iter(runs.items()))
-    df = pd.DataFrame(rec["results"]["categories"])
-    files = ctx.gather_figure(name, "fig08_token_categories")
-    pivot = df.pivot_table(index="category", columns="tokens", values="share").reset_index()
-    more = {r["category"]: r["masked"] - r["all"] for _, r in pivot.iterrows()}
-    top = max(more, key=more.get)
-    claim = (f"Which category is over-represented among high-PPL tokens here: {top} "
-             f"({100 * more[top]:+.1f} points vs all tokens). The paper's figures show the categories' shares "
-             "for MATH under Llama 3 8B, Mistral 7B and Gemma 2 2B; no numbers are printed.")
-    return Section(ident, title, "made", f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(pivot), files, claim)
+    own = {n: r for n, r in runs.items() if model_of(r) == registry_name}
+    if own:
+        name, rec = sorted(own.items(), key=lambda kv: target_of(kv[1]) != "math")[0]
+        df = pd.DataFrame(rec["results"]["categories"])
+        files = ctx.gather_figure(name, "fig08_token_categories", f"{ident}_token_categories")
+        note = f"*Kit ({ctx.scale(rec)}):*"
+    elif ident == "fig08":
+        name, rec = next(iter(runs.items()))
+        df = pd.DataFrame(rec["results"]["categories"])
+        files = ctx.gather_figure(name, "fig08_token_categories")
+        note = f"*Kit ({ctx.scale(rec)}; the paper scores MATH with {paper_model}):*"
+    else:
+        name, rec = next(iter(runs.items()))
+        extra = rec["results"].get("categories_by_task") or {}
+        if len(extra) < substitute:
+            return _missing(ident, title, f"mask runs of {paper_model} (profile `paper`), or, as an offline "
+                            f"substitute, a 02_mask_tokens run with at least {substitute} `category_tasks`")
+        task = sorted(extra)[substitute - 1]
+        df = pd.DataFrame(extra[task])
+        files = ctx.gather_figure(name, f"categories_{task}", f"{ident}_token_categories")
+        note = (f"*Kit substitute ({ctx.scale(rec)}): the paper repeats Figure 8 with {paper_model} as the scoring "
+                f"model; offline there is one real model, so this is the same analysis on the `{task}` ground truth "
+                "(training split) under that model.*")
+    cols = [c for c in ("source", "category") if c in df]
+    pivot = df.pivot_table(index=cols, columns="tokens", values="share").reset_index()
+    return Section(ident, title, "made", note + "\n\n" + to_markdown(pivot), files,
+                   _category_claim(df) + ". The paper prints no numbers for these figures.")
 
 
-for _ident, _model in [("fig08", "Llama 3 8B"), ("fig09", "Mistral 7B"), ("fig10", "Gemma 2 2B")]:
-    GENERATORS[_ident] = (lambda i, m: (lambda ctx: _category_section(ctx, i, m)))(_ident, _model)
+for _ident, _model, _reg, _sub in [("fig08", "Llama 3 8B", LLAMA, 0), ("fig09", "Mistral 7B", MISTRAL, 1),
+                                   ("fig10", "Gemma 2 2B", GEMMA2B, 2)]:
+    GENERATORS[_ident] = (lambda i, m, r, k: (lambda ctx: _category_section(ctx, i, m, r, k)))(_ident, _model, _reg, _sub)
 
 
 @generator("table17")
@@ -235,6 +302,9 @@ def _sft(ctx: Context) -> dict[str, dict[str, Any]]:
             "run": name, "label": res.get("label", name), "method": res.get("method"),
             "tau": cfg.get("masking", {}).get("tau"), "finetune": cfg.get("training", {}).get("finetune"),
             "learning_rate": cfg.get("training", {}).get("learning_rate"),
+            "weight_decay": cfg.get("training", {}).get("weight_decay", 0.0),
+            "kl_coef": cfg.get("training", {}).get("kl_coef", 0.0),
+            "label_ppl": res.get("label_ppl"), "final_train_loss": res.get("final_train_loss"),
             "masked_%": 100 * res.get("masking", {}).get("masked_share", 0.0),
             "trained_tokens": res.get("masking", {}).get("trained_tokens"),
             "delta_w": res.get("delta_w"), "record": rec,
@@ -255,6 +325,15 @@ def _evals(ctx: Context) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]
     return acc, transfer, drift, rec0
 
 
+def _checkpoint_curves(ctx: Context) -> dict[str, list[dict[str, Any]]]:
+    """{trained model label: [{step, epoch, task, accuracy, ci_low, ci_high, n}]} over the evaluate runs
+    (05_evaluate with checkpoint_tasks); step 0 is the original model."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rec in ctx.by_stage("evaluate").values():
+        out.update(rec["results"].get("checkpoint_accuracy") or {})
+    return out
+
+
 def _fmt_ci(v: Any, lo: Any, hi: Any) -> str:
     return "n/a" if v is None else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
@@ -269,7 +348,8 @@ def _transfer_rows(ctx: Context, names: list[str] | None = None) -> pd.DataFrame
         info = sft.get(name, {})
         d = drift.get(name, {}).get("all", {})
         rows.append({
-            "run": name, "method": info.get("label", name), "masked_%": info.get("masked_%"),
+            "run": name, "method": info.get("label", name), "target": target_of(info.get("record", {})),
+            "masked_%": info.get("masked_%"),
             "TI_%": rep.get("ti"), "TI_95CI": _fmt_ci(rep.get("ti"), rep.get("ti_low"), rep.get("ti_high")),
             "BWT_%": rep.get("bwt"), "BWT_95CI": _fmt_ci(rep.get("bwt"), rep.get("bwt_low"), rep.get("bwt_high")),
             "drift_KL": d.get("kl"), "delta_nll_base_answers": d.get("delta_nll"),
@@ -294,28 +374,68 @@ def _compare(a: tuple[float, float] | None, b: tuple[float, float] | None, highe
     return "not distinguishable from noise"
 
 
+def _plain(info: dict[str, Any], tau: float = 2.5) -> bool:
+    """A run with the paper's defaults apart from what a table varies: no weight decay or KL term, STM at tau."""
+    res = info.get("record", {}).get("results", {})
+    return (not info.get("weight_decay") and not info.get("kl_coef")
+            and (info["method"] != "stm" or info.get("tau") == tau)
+            and not res.get("init_run") and res.get("correctness") is None)
+
+
+def _defaults(ctx: Context) -> tuple[float | None, str]:
+    """(learning rate, fine-tuning type) of the profile: the main setting that the ablation tables vary."""
+    from .config import load_profile
+
+    try:
+        prof = load_profile(ctx.profile)
+    except Exception:  # a results folder of a profile that is not in configs/: no default to hold runs to
+        return None, "lora"
+    return prof.training.learning_rate, prof.training.finetune
+
+
+def _main_setting(ctx: Context, info: dict[str, Any]) -> bool:
+    """A plain run at the profile's learning rate and fine-tuning type (what Tables 2, 11, 14 and Figure 4 use)."""
+    lr, finetune = _defaults(ctx)
+    return _plain(info) and info["finetune"] == finetune and (lr is None or info["learning_rate"] == lr)
+
+
 def _runs_by_method(ctx: Context, method: str) -> list[str]:
-    return [n for n, i in _sft(ctx).items() if i["method"] == method]
+    """Training runs of a method, the plain LoRA ones (the paper's main setting) first."""
+    sft = _sft(ctx)
+    runs = [n for n, i in sft.items() if i["method"] == method]
+    return sorted(runs, key=lambda n: (not _main_setting(ctx, sft[n]), n))
 
 
 def _stm_vs_gt_claim(ctx: Context) -> str:
-    _, transfer, drift, _ = _evals(ctx)
-    gt = next((n for n in _runs_by_method(ctx, "gt") if n in transfer), None)
-    stm = next((n for n in _runs_by_method(ctx, "stm") if n in transfer), None)
-    if not gt or not stm:
-        return "STM vs ground truth: not measured (needs both runs evaluated)."
-    bwt = _compare(_interval(transfer[stm], "bwt"), _interval(transfer[gt], "bwt"))
-    kl_s, kl_g = drift.get(stm, {}).get("all", {}).get("kl"), drift.get(gt, {}).get("all", {}).get("kl")
-    kl = ("not measured" if kl_s is None or kl_g is None else
-          f"STM {kl_s:.4f} vs ground truth {kl_g:.4f} nats/token ({'smaller' if kl_s < kl_g else 'larger'} for STM; "
-          "no interval across runs, one seed)")
-    return (f"STM forgets less than ground truth (BWT, paired-bootstrap 95% CIs): {bwt}. Drift KL(base||tuned): {kl}.")
+    """STM vs ground truth on BWT (intervals) and drift, per model and target when the profile has several."""
+    groups = sorted({(model_of(i["record"]), target_of(i["record"])) for i in _sft(ctx).values()}, key=str)
+    claims = []
+    for model, target in groups:
+        sub = ctx.scope(model, target)
+        _, transfer, drift, _ = _evals(sub)
+        gt = next((n for n in _runs_by_method(sub, "gt") if n in transfer), None)
+        stm = next((n for n in _runs_by_method(sub, "stm") if n in transfer), None)
+        if not gt or not stm:
+            continue
+        bwt = _compare(_interval(transfer[stm], "bwt"), _interval(transfer[gt], "bwt"))
+        kl_s, kl_g = drift.get(stm, {}).get("all", {}).get("kl"), drift.get(gt, {}).get("all", {}).get("kl")
+        order = "not measured" if kl_s is None or kl_g is None else (
+            "smaller" if kl_s < kl_g else "larger" if kl_s > kl_g else "the same")
+        kl = ("not measured" if kl_s is None or kl_g is None else
+              f"STM {kl_s:.4f} vs ground truth {kl_g:.4f} nats/token ({order} for STM; no interval across runs, "
+              "one seed)")
+        where = f"{model}, {target}: " if len(groups) > 1 else ""
+        claims.append(f"{where}STM forgets less than ground truth (BWT, paired-bootstrap 95% CIs): {bwt}. "
+                      f"Drift KL(base||tuned): {kl}.")
+    return " ".join(claims) or "STM vs ground truth: not measured (needs both runs evaluated)."
 
 
 @generator("table02")
 def table02(ctx: Context) -> Section:
     title = TITLES["table02"]
-    df = _transfer_rows(ctx)
+    sft = _sft(ctx)
+    df = _transfer_rows(ctx, [n for n, i in sft.items() if i["method"] in ("gt", "stm", "self_output", "rephrase")
+                              and _main_setting(ctx, i)])
     if df.empty:
         return _missing("table02", title, NEEDS["table02"])
     _, _, _, rec = _evals(ctx)
@@ -329,27 +449,41 @@ def table02(ctx: Context) -> Section:
                    _stm_vs_gt_claim(ctx))
 
 
-@generator("table03")
-def table03(ctx: Context) -> Section:
-    title = TITLES["table03"]
-    names = [n for n, i in _sft(ctx).items() if i["method"] in ("stm", "random", "low", "gt", "quantile")]
+def _ablation(ctx: Context, ident: str, paper_n: int, paper_cols: list[str]) -> Section:
+    """Tables 3 and 15: masking high vs random vs low-PPL tokens, and the tau sweep, as TI/BWT rows."""
+    title = TITLES[ident]
+    sft = _sft(ctx)
+    names = [n for n, i in sft.items() if i["method"] in ("stm", "random", "low", "gt", "quantile")]
     df = _transfer_rows(ctx, names)
-    if df.empty or not {"random", "low"} & {_sft(ctx)[n]["method"] for n in df["run"]}:
-        return _missing("table03", title, NEEDS["table03"])
-    _, _, _, rec = _evals(ctx)
-    files = save_table(df, "table03_masking_ablation", ctx.tables_dir, f"Table 3 (kit, {ctx.scale(rec)}).")
-    _, transfer, drift, _ = _evals(ctx)
-    stm = next((n for n in _runs_by_method(ctx, "stm") if n in transfer), None)
+    if df.empty or not {"random", "low"} & {sft[n]["method"] for n in df["run"]}:
+        return _missing(ident, title, NEEDS[ident])
+    df.insert(2, "tau", [sft[n]["tau"] if sft[n]["method"] in ("stm", "low", "random") else None for n in df["run"]])
+    _, transfer, _, rec = _evals(ctx)
+    files = save_table(df, f"{ident}_masking_ablation", ctx.tables_dir, f"Table {paper_n} (kit, {ctx.scale(rec)}).")
+    stm = next((n for n in _runs_by_method(ctx, "stm") if n in transfer and sft[n]["tau"] == 2.5), None)
     parts = []
     for other in ("random", "low"):
         o = next((n for n in _runs_by_method(ctx, other) if n in transfer), None)
         if stm and o:
             verdict = _compare(_interval(transfer[stm], "bwt"), _interval(transfer[o], "bwt"))
             parts.append(f"masking high-PPL tokens forgets less than masking {other} ones (BWT): {verdict}")
-    body = f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n" + _paper_md(
-        3, ["config_as_printed", "pct_masked", "metric", "value_pct"])
-    return Section("table03", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files],
-                   "; ".join(parts) or "not measured")
+    body = f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n" + _paper_md(paper_n, paper_cols)
+    return Section(ident, title, "made", body, _rel(ctx, files), "; ".join(parts) or "not measured")
+
+
+@generator("table03")
+def table03(ctx: Context) -> Section:
+    return _ablation(_main(ctx, GEMMA2B, "mbpp"), "table03", 3,
+                     ["config_as_printed", "pct_masked", "metric", "value_pct"])
+
+
+@generator("table15")
+def table15(ctx: Context) -> Section:
+    sub = ctx.scope(LLAMA)
+    if not sub.runs:
+        return _missing("table15", TITLES["table15"], NEEDS["table15"] + "; this profile's own ablation is Table 3")
+    return _ablation(sub, "table15", 15, ["config_as_printed", "target_task_inferred", "pct_masked", "metric",
+                                          "value_pct"])
 
 
 @generator("table07")
@@ -363,8 +497,8 @@ def table07(ctx: Context) -> Section:
     rec = next(iter(sft.values()))["record"]
     definition = rec["results"].get("delta_w_definition", "")
     files = save_table(df, "table07_weight_norm", ctx.tables_dir, f"Table 7 (kit, {ctx.scale(rec)}). {definition}")
-    gt = df[df["run"].isin(_runs_by_method(ctx, "gt"))]["delta_w"]
-    stm = df[df["run"].isin(_runs_by_method(ctx, "stm"))]["delta_w"]
+    gt = df.set_index("run").loc[_runs_by_method(ctx, "gt"), "delta_w"] if _runs_by_method(ctx, "gt") else df[:0]
+    stm = df.set_index("run").loc[_runs_by_method(ctx, "stm"), "delta_w"] if _runs_by_method(ctx, "stm") else df[:0]
     claim = ("STM's update is smaller than ground truth's (||ΔW||): "
              + ("not measured" if gt.empty or stm.empty else
                 f"{'yes' if stm.iloc[0] < gt.iloc[0] else 'no'} ({stm.iloc[0]:.3f} vs {gt.iloc[0]:.3f}; one seed)"))
@@ -396,30 +530,58 @@ def table12(ctx: Context) -> Section:
                    "Raw accuracies; see Table 2 for the claims.")
 
 
-@generator("fig04")
-def fig04(ctx: Context) -> Section:
-    from .plots import loss_curves
+def _convergence(ctx: Context, ident: str) -> Section:
+    """Figures 4 and 7: per-epoch target accuracy (checkpoint evaluations), validation and training loss."""
+    from .plots import convergence, save_figure
 
-    title = TITLES["fig04"]
-    sft = {n: i for n, i in _sft(ctx).items() if i["method"] in ("gt", "stm", "self_output")}
+    title = TITLES[ident]
+    sft = {n: i for n, i in _sft(ctx).items() if i["method"] in ("gt", "stm", "self_output") and _main_setting(ctx, i)}
     if not sft:
-        return _missing("fig04", title, NEEDS["fig04"])
+        return _missing(ident, title, NEEDS[ident])
     curves = {i["label"]: (pd.DataFrame(i["record"]["results"].get("train_losses", [])),
                            pd.DataFrame(i["record"]["results"].get("eval_losses", []))) for i in sft.values()}
-    fig = loss_curves(curves, "Training and validation loss over epochs (target accuracy per epoch: not measured)")
-    from .plots import save_figure
-
-    files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, "fig04_convergence", ctx.figures_dir)]
+    ckpt = _checkpoint_curves(ctx)
+    target = target_of(next(iter(sft.values()))["record"])
+    accuracy = {}
+    for name, i in sft.items():
+        rows = [c for c in ckpt.get(name, []) if c["task"].split(":")[0] == target]
+        if rows:
+            accuracy[i["label"]] = pd.DataFrame(rows)
+    fig = convergence(curves, accuracy, f"Convergence on {target}")
+    files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, f"{ident}_convergence", ctx.figures_dir)]
+    if accuracy:
+        data = pd.concat([a.assign(method=lab) for lab, a in accuracy.items()], ignore_index=True)
+        files += _rel(ctx, save_table(data, f"{ident}_accuracy_per_checkpoint", ctx.tables_dir,
+                                      f"Figure {int(ident[3:])}: target accuracy per checkpoint (kit)."))
     final = {lab: (float(c[0]["loss"].iloc[-1]) if not c[0].empty and "loss" in c[0] else None)
              for lab, c in curves.items()}
     gt, stm = final.get("Ground Truth"), final.get("STM")
     claim = ("STM's training loss ends far below ground truth's: "
              + ("not measured" if gt is None or stm is None else
                 f"{'yes' if stm < 0.5 * gt else 'no'} (final step loss {stm:.3f} vs {gt:.3f})"))
+    if accuracy:
+        last = {lab: a.sort_values("epoch").iloc[-1] for lab, a in accuracy.items()}
+        claim += ". Final target accuracy: " + ", ".join(
+            f"{lab} {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" for lab, r in last.items())
     rec = next(iter(sft.values()))["record"]
-    return Section("fig04", title, "made", f"Kit: {ctx.scale(rec)}. Panels: training loss per step, validation "
-                   "loss per epoch; the paper's MBPP-accuracy-per-epoch panel needs per-epoch evaluations.",
-                   files, claim)
+    how = ("target accuracy per checkpoint from 05_evaluate (checkpoint_tasks)" if accuracy else
+           "the accuracy panel is empty: no checkpoint evaluations (set training.save_every_epochs and 05_evaluate's "
+           "checkpoint_tasks)")
+    return Section(ident, title, "made", f"Kit: {ctx.scale(rec)}. Panels: {how}; validation loss per epoch; "
+                   "training loss per step.", files, claim)
+
+
+@generator("fig04")
+def fig04(ctx: Context) -> Section:
+    return _convergence(_main(ctx, LLAMA, "mbpp"), "fig04")
+
+
+@generator("fig07")
+def fig07(ctx: Context) -> Section:
+    sub = ctx.scope(GEMMA2B, "mbpp")
+    if not sub.runs:
+        return _missing("fig07", TITLES["fig07"], NEEDS["fig07"] + "; this profile's own convergence plot is Figure 4")
+    return _convergence(sub, "fig07")
 
 
 @generator("fig13")
@@ -444,84 +606,267 @@ def fig13(ctx: Context) -> Section:
 
 
 def _variant_table(ctx: Context, ident: str, key: str, caption: str, paper_cols: list[str]) -> Section:
-    """A table of evaluated sft runs grouped by one config field (finetune type, learning rate, regulariser)."""
+    """Ground-truth and STM runs (evaluated) grouped by one config field: fine-tuning type or learning rate."""
     title = TITLES[ident]
     sft = _sft(ctx)
-    df = _transfer_rows(ctx)
+    lr, finetune = _defaults(ctx)
+    plain = [n for n, i in sft.items() if i["method"] in ("gt", "stm") and _plain(i) and (
+        i["finetune"] == finetune if key == "learning_rate" else (i["finetune"] != finetune or i["learning_rate"] == lr))]
+    df = _transfer_rows(ctx, plain)
     if df.empty:
         return _missing(ident, title, NEEDS[ident])
     df.insert(2, key, [sft.get(r, {}).get(key) for r in df["run"]])
     df.insert(3, "delta_w", [sft.get(r, {}).get("delta_w") for r in df["run"]])
     if df[key].nunique() < 2:
         return _missing(ident, title, NEEDS[ident])
-    _, _, _, rec = _evals(ctx)
+    df = df.sort_values([key, "method"], key=lambda c: c.astype(str)).reset_index(drop=True)
+    _, transfer, drift, rec = _evals(ctx)
     files = save_table(df, f"{ident}_{key}", ctx.tables_dir, f"{caption} (kit, {ctx.scale(rec)}).")
+    verdicts = []
+    for value, group in df.groupby(key, sort=False):
+        gt = next((r for r in group["run"] if sft[r]["method"] == "gt"), None)
+        stm = next((r for r in group["run"] if sft[r]["method"] == "stm"), None)
+        if gt and stm:
+            bwt = _compare(_interval(transfer[stm], "bwt"), _interval(transfer[gt], "bwt"))
+            kl_s, kl_g = (drift.get(r, {}).get("all", {}).get("kl") for r in (stm, gt))
+            kl = "" if kl_s is None or kl_g is None else f", drift KL {kl_s:.3f} vs {kl_g:.3f}"
+            verdicts.append(f"{key} {value}: STM forgets less (BWT) {bwt}{kl}")
     body = f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n" + _paper_md(int(ident[5:]), paper_cols)
-    return Section(ident, title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files],
-                   f"STM vs ground truth within each {key}: compare the BWT intervals of matching rows "
-                   "(one seed per row).")
+    return Section(ident, title, "made", body, _rel(ctx, files),
+                   "; ".join(verdicts) + " (one seed per row)" if verdicts else "no ground-truth/STM pair per setting")
 
 
 @generator("table04")
 def table04(ctx: Context) -> Section:
-    return _variant_table(ctx, "table04", "finetune", "Table 4: fine-tuning types with and without STM",
-                          ["method", "metric", "value"])
+    return _variant_table(_main(ctx, GEMMA2B, "mbpp"), "table04", "finetune",
+                          "Table 4: fine-tuning types with and without STM",
+                          ["finetuning", "method", "metric", "value_pct"])
+
+
+@generator("table16")
+def table16(ctx: Context) -> Section:
+    sub = ctx.scope(LLAMA, "mbpp")
+    if not sub.runs:
+        return _missing("table16", TITLES["table16"], NEEDS["table16"] + "; this profile's own comparison is Table 4")
+    return _variant_table(sub, "table16", "finetune", "Table 16: LoRA and DoRA with and without STM (Llama 3 8B)",
+                          ["finetuning", "method", "metric", "value_pct"])
 
 
 @generator("table05")
 def table05(ctx: Context) -> Section:
-    return _variant_table(ctx, "table05", "learning_rate", "Table 5: learning-rate sweep",
-                          ["model", "learning_rate", "method", "metric", "value"])
+    return _variant_table(_main(ctx, None, "mbpp"), "table05", "learning_rate", "Table 5: learning-rate sweep",
+                          ["model", "learning_rate", "method", "metric", "value_pct"])
+
+
+def _regularization(ctx: Context) -> tuple[str, dict[str, Any], pd.DataFrame] | None:
+    """(run name, record, Table 8 rows joined with each adapter's TI/BWT/drift and accuracy) of the first
+    06_regularization run, or None. Adapters are evaluated by 05_evaluate as "<run>/<label>"."""
+    reg = ctx.by_stage("regularization")
+    if not reg:
+        return None
+    name, rec = next(iter(reg.items()))
+    df = pd.DataFrame(rec["results"]["table08"]).drop(columns=["adapter_key"], errors="ignore")
+    acc, transfer, drift, _ = _evals(ctx)
+    labels = [f"{name}/{r}" for r in df["run"]]
+    df["TI_%"] = [transfer.get(lab, {}).get("ti") for lab in labels]
+    df["TI_95CI"] = [_fmt_ci(*(transfer.get(lab, {}).get(k) for k in ("ti", "ti_low", "ti_high"))) for lab in labels]
+    df["BWT_%"] = [transfer.get(lab, {}).get("bwt") for lab in labels]
+    df["BWT_95CI"] = [_fmt_ci(*(transfer.get(lab, {}).get(k) for k in ("bwt", "bwt_low", "bwt_high")))
+                      for lab in labels]
+    df["drift_KL"] = [drift.get(lab, {}).get("all", {}).get("kl") for lab in labels]
+    df["evaluated"] = [lab in acc for lab in labels]
+    return name, rec, df
 
 
 @generator("table08")
 def table08(ctx: Context) -> Section:
     title = TITLES["table08"]
-    reg = ctx.by_stage("regularization")
-    if not reg:
+    found = _regularization(ctx)
+    if found is None:
         return _missing("table08", title, NEEDS["table08"])
-    name, rec = next(iter(reg.items()))
-    df = pd.DataFrame(rec["results"]["table08"]).drop(columns=["adapter_key"], errors="ignore")
+    name, rec, df = found
     files = save_table(df, "table08_regularization", ctx.tables_dir,
-                       f"Table 8 (kit, {ctx.scale(rec)}). {rec['results'].get('delta_w_definition', '')}")
-    stm = df[df["method"] == "STM"]["delta_w"]
-    gt = df[df["method"] != "STM"]["delta_w"]
-    claim = ("STM changes the weights less than every regularised ground-truth run (||ΔW||): "
-             + ("not measured" if stm.empty or gt.empty else
-                f"{'yes' if float(stm.iloc[0]) < float(gt.min()) else 'no'} (STM {float(stm.iloc[0]):.3f}, "
-                f"regularised runs {float(gt.min()):.3f}-{float(gt.max()):.3f}). BWT/TI of these adapters: see "
-                "the evaluate run when the profile evaluates them (cpu-full)."))
+                       f"Table 8 (kit, {ctx.scale(rec)}). {rec['results'].get('delta_w_definition', '')} TI/BWT in %, "
+                       "95% paired-bootstrap CIs; drift KL(base||tuned) in nats/token.")
+    stm = df[df["method"] == "STM"]
+    others = df[df["method"] != "STM"]
+    parts = []
+    if not stm.empty and not others.empty:
+        s_dw = float(stm["delta_w"].iloc[0])
+        parts.append(f"STM changes the weights less than every regularised ground-truth run (||ΔW||): "
+                     f"{'yes' if s_dw < float(others['delta_w'].min()) else 'no'} (STM {s_dw:.3f}, regularised "
+                     f"{float(others['delta_w'].min()):.3f}-{float(others['delta_w'].max()):.3f})")
+        if df["evaluated"].all():
+            s_int = _interval(_evals(ctx)[1].get(f"{name}/{stm['run'].iloc[0]}", {}), "bwt")
+            verdicts = {r: _compare(s_int, _interval(_evals(ctx)[1].get(f"{name}/{r}", {}), "bwt"))
+                        for r in others["run"]}
+            parts.append("STM forgets less than each regularised run (BWT): "
+                         + "; ".join(f"{r}: {v}" for r, v in verdicts.items()))
+        else:
+            parts.append("BWT/TI of these adapters: not evaluated (add the run to a 05_evaluate train_run)")
     body = f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n" + _paper_md(
         8, ["config_as_printed", "metric", "value"])
-    return Section("table08", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files], claim)
+    return Section("table08", title, "made", body, _rel(ctx, files), ". ".join(parts) or "not measured")
 
 
-@generator("fig05")
-def fig05(ctx: Context) -> Section:
+def _reg_accuracy(ctx: Context, name: str, df: pd.DataFrame, which: str) -> tuple[pd.DataFrame, dict[str, float]]:
+    """One row per (regularised run, step) with the accuracy on the target (which="target") or the mean over the
+    non-target tasks (which="non-target"); reference levels for Original and STM."""
+    acc, transfer, _, _ = _evals(ctx)
+    curves = _checkpoint_curves(ctx)
+
+    def value(tasks: dict[str, Any], target: str) -> float | None:
+        keys = [t for t in tasks if (t.split(":")[0] == target) == (which == "target")]
+        return float(sum(tasks[t]["accuracy"] for t in keys) / len(keys)) if keys else None
+
+    target = target_of(next(iter(ctx.by_stage("regularization").values())))
+    rows = []
+    for _, r in df.iterrows():
+        lab = f"{name}/{r['run']}"
+        if lab not in acc:
+            continue
+        by_step: dict[Any, dict[str, Any]] = {}
+        for c in curves.get(lab, []):
+            by_step.setdefault(c["step"], {})[c["task"]] = c
+        points = sorted(by_step.items(), key=lambda kv: kv[0]) or [(None, acc[lab])]
+        for step, tasks in points:
+            v = value(tasks, target)
+            if v is not None:
+                rows.append({"run": r["run"], "method": r["method"], "weight_decay": r["weight_decay"],
+                             "dropout": r["dropout"], "kl_coef": r["kl_coef"], "step": step, "accuracy": v})
+    refs = {}
+    if "Original" in acc and (v := value(acc["Original"], target)) is not None:
+        refs["Original"] = v
+    return pd.DataFrame(rows), refs
+
+
+def _parallel(ident: str, ctx: Context, which: str) -> Section:
+    """Figures 11-12: one line per regularised setting across weight decay, dropout, step and accuracy."""
     import matplotlib.pyplot as plt
 
     from .plots import color, save_figure, use_style
 
-    title = TITLES["fig05"]
-    sft = {n: i for n, i in _sft(ctx).items() if i["method"] in ("stm", "gt")}
-    acc, _, _, rec = _evals(ctx)
-    pts = [(i["masked_%"], t, sm["accuracy"], sm["ci_low"], sm["ci_high"]) for n, i in sft.items() if n in acc
-           for t, sm in acc[n].items()]
-    if len({p[0] for p in pts}) < 3:
-        return _missing("fig05", title, NEEDS["fig05"])
+    title = TITLES[ident]
+    found = _regularization(ctx)
+    if found is None:
+        return _missing(ident, title, NEEDS[ident])
+    name, rec, df = found
+    pts, refs = _reg_accuracy(ctx, name, df, which)
+    if pts.empty:
+        return _missing(ident, title, NEEDS[ident] + f" (run `{name}` has not been evaluated: add it to a 05_evaluate "
+                        "train_run)")
+    if pts["step"].isna().all():
+        pts["step"] = rec["config"].get("training", {}).get("max_steps") or "final"
+    axes_cols = ["weight_decay", "dropout", "step", "accuracy"]
     use_style()
-    tasks = sorted({p[1] for p in pts})
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    num = pts[axes_cols].apply(pd.to_numeric, errors="coerce")
+    lo, hi = num.min(), num.max()
+    span = (hi - lo).replace(0, 1.0)
+    norm = (num - lo) / span
+    for i, row in pts.iterrows():
+        ys = [0.5 if pd.isna(v) else v for v in norm.loc[i]]
+        ax.plot(range(len(axes_cols)), ys, marker="o", color=color(row["method"]), alpha=0.8,
+                label=f"{row['run']}")
+    for lab, v in refs.items():
+        ax.axhline((v - lo["accuracy"]) / span["accuracy"], color=color(lab), ls="--", lw=1, label=f"{lab} ({v:.3f})")
+    ax.set_xticks(range(len(axes_cols)), [f"{c}\n[{lo[c]:g}, {hi[c]:g}]" if not pd.isna(lo[c]) else c
+                                          for c in axes_cols])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    what = "target-task accuracy" if which == "target" else "mean non-target accuracy"
+    ax.set_title(f"Regularisation grid: {what} (each axis scaled to its range)", fontsize=10)
+    fig.tight_layout()
+    files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, f"{ident}_regularization_{which}", ctx.figures_dir)]
+    table = save_table(pts, f"{ident}_regularization_{which}", ctx.tables_dir, f"Figure {int(ident[3:])} data (kit).")
+    best = pts.loc[pts["accuracy"].idxmax()]
+    steps = "per checkpoint" if pts["step"].nunique() > 1 else "at the final step only (no checkpoints evaluated)"
+    claim = (f"Highest {what}: {best['run']} ({best['accuracy']:.3f}); Original {refs.get('Original', float('nan')):.3f}. "
+             f"Accuracy {steps}; at this scale read the intervals in Table 8/12 before ranking.")
+    return Section(ident, title, "made", f"Kit: {ctx.scale(rec)}.", files + _rel(ctx, table), claim)
+
+
+@generator("fig11")
+def fig11(ctx: Context) -> Section:
+    return _parallel("fig11", ctx, "target")
+
+
+@generator("fig12")
+def fig12(ctx: Context) -> Section:
+    return _parallel("fig12", ctx, "non-target")
+
+
+def _tau_points(ctx: Context) -> list[dict[str, Any]]:
+    """Evaluated STM runs (and ground truth as 0% masked) on the tau axis: one row per run and task."""
+    sft = {n: i for n, i in _sft(ctx).items() if i["method"] in ("stm", "gt") and i["finetune"] == "lora"
+           and not i.get("weight_decay") and not i.get("kl_coef")}
+    acc, _, _, _ = _evals(ctx)
+    return [{"run": n, "model": model_of(i["record"]), "target": target_of(i["record"]),
+             "tau": i["tau"] if i["method"] == "stm" else None, "masked_%": i["masked_%"], "task": t,
+             "accuracy": sm["accuracy"], "ci_low": sm["ci_low"], "ci_high": sm["ci_high"]}
+            for n, i in sft.items() if n in acc for t, sm in acc[n].items()]
+
+
+def _tau_panels(ctx: Context, ident: str) -> Section:
+    """Figures 5 and 6: accuracy on each task against the share of tokens STM masked (the tau sweep)."""
+    import matplotlib.pyplot as plt
+
+    from .plots import color, save_figure, use_style
+
+    title = TITLES[ident]
+    pts = _tau_points(ctx)
+    if len({p["masked_%"] for p in pts}) < 3:
+        return _missing(ident, title, NEEDS[ident])
+    df = pd.DataFrame(pts)
+    use_style()
+    tasks = list(dict.fromkeys(df["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False)
     for ax, t in zip(axes[0], tasks, strict=True):
-        xs = sorted((p for p in pts if p[1] == t), key=lambda p: p[0])
-        ax.errorbar([p[0] for p in xs], [p[2] for p in xs],
-                    yerr=[[p[2] - p[3] for p in xs], [p[4] - p[2] for p in xs]], marker="o", color=color("STM"))
-        ax.set_title(t)
+        xs = df[df["task"] == t].sort_values("masked_%")
+        ax.errorbar(xs["masked_%"], xs["accuracy"], yerr=[xs["accuracy"] - xs["ci_low"], xs["ci_high"] - xs["accuracy"]],
+                    marker="o", color=color("STM"), capsize=2)
+        ax.set_title(t + (" (target)" if t.split(":")[0] == xs["target"].iloc[0] else ""))
         ax.set_xlabel("% tokens masked")
     axes[0][0].set_ylabel("accuracy")
-    files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, "fig05_tau_sweep", ctx.figures_dir)]
-    return Section("fig05", title, "made", f"Kit: {ctx.scale(rec)}; error bars are 95% bootstrap CIs over items.",
-                   files, "Accuracy against the share of masked tokens; at this scale read the error bars first.")
+    fig.tight_layout()
+    files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, f"{ident}_tau_sweep", ctx.figures_dir)]
+    files += _rel(ctx, save_table(df, f"{ident}_tau_sweep", ctx.tables_dir, f"Figure {int(ident[3:])} data (kit)."))
+    rec = next(iter(ctx.by_stage("evaluate").values()))
+    spread = df.groupby("task")["accuracy"].agg(lambda a: a.max() - a.min())
+    claim = ("Accuracy against the share of masked tokens (error bars: 95% bootstrap CIs over items). Largest change "
+             f"across the sweep: {spread.idxmax()} {spread.max():.3f}; at this scale read the error bars first.")
+    return Section(ident, title, "made", f"Kit: {ctx.scale(rec)}; {df['run'].nunique()} runs.", files, claim)
+
+
+@generator("fig05")
+def fig05(ctx: Context) -> Section:
+    return _tau_panels(_main(ctx, LLAMA, "math" if ctx.profile == "paper" else None), "fig05")
+
+
+@generator("fig06")
+def fig06(ctx: Context) -> Section:
+    sub = ctx.scope(GEMMA2B, "math")
+    if not sub.runs:
+        return _missing("fig06", TITLES["fig06"], NEEDS["fig06"] + "; this profile's own tau sweep is Figure 5")
+    return _tau_panels(sub, "fig06")
+
+
+@generator("table13")
+def table13(ctx: Context) -> Section:
+    title = TITLES["table13"]
+    df = pd.DataFrame(_tau_points(ctx.scope(target="math")))
+    if df.empty or df["masked_%"].nunique() < 2:
+        return _missing("table13", title, NEEDS["table13"])
+    df["cell"] = [f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in zip(df["accuracy"], df["ci_low"], df["ci_high"],
+                                                                         strict=True)]
+    wide = df.pivot_table(index=["model", "run", "tau", "masked_%"], columns="task", values="cell", aggfunc="first",
+                          dropna=False).reset_index().sort_values(["model", "masked_%"])
+    files = save_table(wide, "table13_math_tau_sweep", ctx.tables_dir,
+                       "Table 13 (kit): MATH target, tau sweep; accuracy [95% CI] per task (tau empty = ground truth).")
+    body = "*Kit:*\n\n" + to_markdown(wide) + "\n" + _paper_md(13, ["model", "method", "tau", "pct_masked",
+                                                                       "eval_task", "accuracy_pct"])
+    return Section("table13", title, "made", body, _rel(ctx, files),
+                   "Accuracy per tau on every task; compare the target column with the non-target ones.")
 
 
 @generator("fig14")
@@ -537,6 +882,236 @@ def fig14(ctx: Context) -> Section:
     files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, "fig14_singular_values", ctx.figures_dir)]
     return Section("fig14", title, "made", "Singular values of each layer's LoRA update (q_proj).", files,
                    "Illustration of the update spectra; compare with Figure 13's effective ranks.")
+
+
+# ---------------------------------------------------------------- more models, DPF, continual, correctness, diversity
+
+
+def _accuracy_rows(ctx: Context, names: list[str], extra: Callable[[str], dict[str, Any]] | None = None,
+                   original: bool = True) -> pd.DataFrame:
+    """One row per trained model (and the original): accuracy [95% CI] per task, plus extra columns."""
+    acc, _, _, _ = _evals(ctx)
+    sft = _sft(ctx)
+    rows = []
+    for name in (["Original"] if original else []) + names:
+        if name not in acc:
+            continue
+        info = sft.get(name, {})
+        row: dict[str, Any] = {"run": name, "method": info.get("label", name),
+                               **(extra(name) if extra and name in sft else {})}
+        for spec, sm in acc[name].items():
+            row[spec] = f"{sm['accuracy']:.3f} [{sm['ci_low']:.3f}, {sm['ci_high']:.3f}]"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@generator("table11")
+def table11(ctx: Context) -> Section:
+    title = TITLES["table11"]
+    frames = []
+    for model in (OLMO, GEMMA9B):
+        sub = ctx.scope(model, "mbpp")
+        sft = _sft(sub)
+        df = _transfer_rows(sub, [n for n, i in sft.items() if i["method"] in ("gt", "stm") and _main_setting(sub, i)])
+        if not df.empty:
+            frames.append(df.assign(model=model))
+    if not frames:
+        return _missing("table11", title, NEEDS["table11"])
+    df = pd.concat(frames, ignore_index=True)
+    files = save_table(df, "table11_more_models", ctx.tables_dir, "Table 11 (kit): TI/BWT in %, 95% paired-bootstrap CIs.")
+    claims = []
+    for model in df["model"].unique():
+        sub = ctx.scope(model, "mbpp")
+        claims.append(f"{model}: " + _stm_vs_gt_claim(sub).split(" Drift")[0])
+    body = "*Kit:*\n\n" + to_markdown(df) + "\n" + _paper_md(11, ["model", "method", "tau", "metric", "value_pct"])
+    return Section("table11", title, "made", body, _rel(ctx, files), " ".join(claims))
+
+
+def _dpf_table(ctx: Context, ident: str, model: str, paper_n: int) -> Section:
+    """Tables 14 and 18: MATH target, STM vs DPF vs STM+DPF (share of tokens filtered, accuracy per task)."""
+    title = TITLES[ident]
+    sub = ctx.scope(model, "math") if ctx.scope(model).runs else _main(ctx)
+    sft = _sft(sub)
+    names = [n for n, i in sft.items() if i["method"] in ("gt", "stm", "dpf", "stm+dpf") and _main_setting(sub, i)]
+    if not any(sft[n]["method"] in ("dpf", "stm+dpf") for n in names):
+        return _missing(ident, title, NEEDS[ident])
+    df = _accuracy_rows(sub, names, lambda n: {"tau": sft[n]["tau"], "filtered_%": sft[n]["masked_%"]})
+    if df.empty:
+        return _missing(ident, title, NEEDS[ident] + " (the DPF runs are not evaluated yet)")
+    _, transfer, _, rec = _evals(sub)
+    df["BWT_95CI"] = [_fmt_ci(*(transfer.get(r, {}).get(k) for k in ("bwt", "bwt_low", "bwt_high"))) for r in df["run"]]
+    files = save_table(df, f"{ident}_dpf", ctx.tables_dir,
+                       f"Table {paper_n} (kit, {sub.scale(rec)}): accuracy [95% CI]; filtered_% = share of response "
+                       "tokens masked; DPF masks tokens whose PPL rose under the ground-truth adapter.")
+    stm = next((n for n in _runs_by_method(sub, "stm") if n in transfer), None)
+    parts = []
+    for other in ("dpf", "stm+dpf"):
+        o = next((n for n in _runs_by_method(sub, other) if n in transfer), None)
+        if stm and o:
+            parts.append(f"STM forgets less than {other.upper()} (BWT): "
+                         f"{_compare(_interval(transfer[stm], 'bwt'), _interval(transfer[o], 'bwt'))}")
+    scope = "" if model in sub.models() else f" The paper's table is {model}; this profile's model stands in."
+    body = (f"*Kit ({sub.scale(rec)}):*{scope}\n\n" + to_markdown(df) + "\n"
+            + _paper_md(paper_n, ["method", "tau", "pct_filtered", "eval_task", "accuracy_pct"]))
+    return Section(ident, title, "made", body, _rel(ctx, files), "; ".join(parts) or "no STM/DPF pair evaluated")
+
+
+@generator("table14")
+def table14(ctx: Context) -> Section:
+    return _dpf_table(ctx, "table14", LLAMA, 14)
+
+
+@generator("table18")
+def table18(ctx: Context) -> Section:
+    if not ctx.scope(GEMMA2B).runs:
+        return _missing("table18", TITLES["table18"], NEEDS["table18"] + "; this profile's DPF comparison is Table 14")
+    return _dpf_table(ctx, "table18", GEMMA2B, 18)
+
+
+@generator("table19")
+def table19(ctx: Context) -> Section:
+    title = TITLES["table19"]
+    sft = _sft(ctx)
+    acc, _, _, rec = _evals(ctx)
+    chains = [(i["record"]["results"]["init_run"], n) for n, i in sft.items() if i["record"]["results"].get("init_run")]
+    chains = [(a, b) for a, b in chains if a in acc and b in acc and "Original" in acc]
+    if not chains:
+        return _missing("table19", title, NEEDS["table19"])
+    rows = []
+    for first, second in chains:
+        for step, name in enumerate(("Original", first, second)):
+            trained_on = "initial model" if step == 0 else target_of(sft[name]["record"])
+            for spec, sm in acc[name].items():
+                rows.append({"chain": f"{first} -> {second}", "step": step, "run": name, "trained_on": trained_on,
+                             "method": sft.get(name, {}).get("label", name), "eval_task": spec,
+                             "accuracy": sm["accuracy"], "ci_low": sm["ci_low"], "ci_high": sm["ci_high"]})
+    df = pd.DataFrame(rows)
+    files = save_table(df, "table19_continual", ctx.tables_dir,
+                       f"Table 19 (kit, {ctx.scale(rec)}): accuracy after each continual-training step [95% CI].")
+    first, second = chains[0]
+    t1 = target_of(sft[first]["record"])
+    kept = df[(df["chain"] == f"{first} -> {second}") & (df["eval_task"].str.split(":").str[0] == t1)]
+    claim = "not measured"
+    if len(kept) == 3:
+        a1, a2 = kept[kept["step"] == 1].iloc[0], kept[kept["step"] == 2].iloc[0]
+        overlap = not (a2["ci_high"] < a1["ci_low"])
+        claim = (f"The first task's gain survives the second step ({t1}: {a1['accuracy']:.3f} after step 1, "
+                 f"{a2['accuracy']:.3f} after step 2): {'yes (within the intervals)' if overlap else 'no'}")
+    body = f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n" + _paper_md(
+        19, ["step", "training_task", "eval_task", "accuracy"])
+    return Section("table19", title, "made", body, _rel(ctx, files), claim)
+
+
+def _correctness(ctx: Context, ident: str, paper_n: int) -> Section:
+    """Tables 20-21: Self-Output training sets at several correctness levels, accuracy on every task."""
+    title = TITLES[ident]
+    sft = _sft(ctx)
+    names = [n for n, i in sft.items() if i["record"]["results"].get("correctness") is not None] + \
+        [n for n in _runs_by_method(ctx, "gt")[:1]]
+    if not any(sft[n]["record"]["results"].get("correctness") is not None for n in names):
+        return _missing(ident, title, NEEDS[ident])
+    df = _accuracy_rows(ctx, names, lambda n: {
+        "correctness_%": (None if sft[n]["record"]["results"].get("correctness") is None
+                          else 100 * sft[n]["record"]["results"]["correctness"]),
+        "trained_tokens": sft[n]["trained_tokens"]})
+    if len(df) <= 1:
+        return _missing(ident, title, NEEDS[ident] + " (the correctness runs are not evaluated yet)")
+    _, transfer, _, rec = _evals(ctx)
+    df["BWT_95CI"] = [_fmt_ci(*(transfer.get(r, {}).get(k) for k in ("bwt", "bwt_low", "bwt_high"))) for r in df["run"]]
+    files = save_table(df, f"{ident}_correctness", ctx.tables_dir,
+                       f"Table {paper_n} (kit, {ctx.scale(rec)}): accuracy [95% CI] after training on Self-Output "
+                       "sets with the given share of correct answers.")
+    levels = sorted((sft[n]["record"]["results"]["correctness"], n) for n in names if n in transfer
+                    and sft[n]["record"]["results"].get("correctness") is not None)
+    claim = "not measured"
+    if len(levels) >= 2:
+        lo_n, hi_n = levels[0][1], levels[-1][1]
+        claim = (f"Self-Output data forgets little whatever its correctness (BWT, {levels[0][0]:.0%} vs "
+                 f"{levels[-1][0]:.0%} correct): "
+                 f"{_compare(_interval(transfer[lo_n], 'bwt'), _interval(transfer[hi_n], 'bwt'))}")
+    body = f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n" + _paper_md(
+        paper_n, ["method", "rate_as_printed", "trained_tokens", "eval_task", "accuracy"])
+    return Section(ident, title, "made", body, _rel(ctx, files), claim)
+
+
+@generator("table20")
+def table20(ctx: Context) -> Section:
+    return _correctness(_main(ctx, LLAMA, "mbpp"), "table20", 20)
+
+
+@generator("table21")
+def table21(ctx: Context) -> Section:
+    sub = ctx.scope(GEMMA2B, "mbpp")
+    if not sub.runs:
+        return _missing("table21", TITLES["table21"], NEEDS["table21"] + "; this profile's ablation is Table 20")
+    return _correctness(sub, "table21", 21)
+
+
+@generator("table06")
+def table06(ctx: Context) -> Section:
+    title = TITLES["table06"]
+    rows = {}
+    for rec in ctx.by_stage("evaluate").values():
+        rows.update(rec["results"].get("self_bleu") or {})
+    if not rows:
+        return _missing("table06", title, NEEDS["table06"])
+    _, transfer, _, rec = _evals(ctx)
+    sft = _sft(ctx)
+    df = pd.DataFrame([{"run": lab, "method": sft.get(lab, {}).get("label", lab), "task": r.get("task"),
+                        "questions": r.get("n_items"), "samples_each": r.get("n_samples"),
+                        "self_bleu": r.get("self_bleu"), "self_bleu_sd": r.get("self_bleu_sd"),
+                        "sample_accuracy": r.get("accuracy"),
+                        "BWT_95CI": _fmt_ci(*(transfer.get(lab, {}).get(k) for k in ("bwt", "bwt_low", "bwt_high")))}
+                       for lab, r in rows.items()])
+    files = save_table(df, "table06_self_bleu", ctx.tables_dir,
+                       f"Table 6 (kit, {ctx.scale(rec)}): Self-BLEU (x100; lower = more diverse) of sampled answers, "
+                       "mean and standard deviation over questions; sample_accuracy = share of correct samples.")
+    base = df[df["run"] == "Original"]["self_bleu"]
+    claim = "not measured"
+    if not base.empty and len(df) > 1:
+        moved = {r["method"]: r["self_bleu"] - float(base.iloc[0]) for _, r in df.iterrows() if r["run"] != "Original"}
+        claim = ("Change in Self-BLEU vs the original (positive = less diverse): "
+                 + ", ".join(f"{m} {v:+.2f}" for m, v in moved.items()) + " (no interval; one sample set per model)")
+    body = f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n" + _paper_md(6, ["method", "learning_rate",
+                                                                                        "metric", "value"])
+    return Section("table06", title, "made", body, _rel(ctx, files), claim)
+
+
+@generator("fig02")
+def fig02(ctx: Context) -> Section:
+    import matplotlib.pyplot as plt
+
+    from .plots import save_figure, use_style
+
+    title = TITLES["fig02"]
+    sft = _sft(ctx)
+    _, transfer, _, rec = _evals(ctx)
+    pts = [{"run": n, "model": model_of(i["record"]), "method": i["label"], "label_ppl": i["label_ppl"],
+            "bwt": transfer[n].get("bwt"), "bwt_low": transfer[n].get("bwt_low"),
+            "bwt_high": transfer[n].get("bwt_high"), "final_train_loss": i["final_train_loss"]}
+           for n, i in sft.items() if i["method"] in ("gt", "self_output", "rephrase") and n in transfer
+           and i.get("label_ppl") is not None and transfer[n].get("bwt") is not None]
+    if len(pts) < 2:
+        return _missing("fig02", title, NEEDS["fig02"])
+    df = pd.DataFrame(pts)
+    use_style()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.errorbar(df["label_ppl"], df["bwt"], yerr=[df["bwt"] - df["bwt_low"], df["bwt_high"] - df["bwt"]], fmt="none",
+                ecolor="#bbbbbb", zorder=1)
+    sc = ax.scatter(df["label_ppl"], df["bwt"], c=df["final_train_loss"], cmap="viridis", zorder=2, s=40)
+    for _, r in df.iterrows():
+        ax.annotate(r["method"], (r["label_ppl"], r["bwt"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    fig.colorbar(sc, ax=ax, label="final training loss")
+    ax.set_xlabel("mean sequence PPL of the training labels (base model)")
+    ax.set_ylabel("BWT (%)")
+    fig.tight_layout()
+    files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, "fig02_ppl_vs_bwt", ctx.figures_dir)]
+    files += _rel(ctx, save_table(df, "fig02_ppl_vs_bwt", ctx.tables_dir, "Figure 2 data (kit)."))
+    rho = df["label_ppl"].rank().corr(df["bwt"].rank()) if len(df) >= 3 else None  # Spearman
+    claim = ("Lower-PPL labels forget less (Spearman correlation of label PPL with BWT, negative = the paper's "
+             f"trend): {'n/a (fewer than 3 points)' if rho is None else f'{rho:+.2f} over {len(df)} runs'}; "
+             "the BWT intervals overlap at this scale, so treat the trend as illustrative.")
+    return Section("fig02", title, "made", f"Kit: {ctx.scale(rec)}.", files, claim)
 
 
 # ---------------------------------------------------------------- outputs this kit cannot make
@@ -581,27 +1156,27 @@ NEEDS = {
     "table03": "STM high/random/low and tau-sweep runs evaluated by 05_evaluate",
     "table04": "full/LoRA/DoRA runs with and without STM, evaluated",
     "table05": "a learning-rate sweep of ground truth and STM runs, evaluated",
-    "table06": "Self-BLEU of sampled MATH answers after MBPP training (not implemented yet)",
+    "table06": "a 05_evaluate run with self_bleu_task set (Self-BLEU of answers sampled on a non-target task)",
     "table07": "fine-tuning runs per training-data source (04_sft) with their ||ΔW||",
-    "table08": "regularisation runs (06_regularization) evaluated beside STM",
+    "table08": "a 06_regularization run (evaluated by 05_evaluate for BWT/TI)",
     "table11": "the paper profile's OLMo 2 7B and Gemma 2 9B runs",
     "table12": "evaluations (05_evaluate) of the base model and the fine-tuned runs",
-    "table13": "MATH-target tau-sweep runs, evaluated",
-    "table14": "MATH-target STM, DPF and STM+DPF runs on Llama 3 8B (paper profile)",
+    "table13": "MATH-target tau-sweep runs (04_sft with data.target math at several masking.tau), evaluated",
+    "table14": "STM, DPF and STM+DPF runs (04_sft method dpf / stm+dpf with reference_run), evaluated",
     "table15": "the paper profile's Llama 3 8B ablation runs",
     "table16": "the paper profile's Llama 3 8B LoRA/DoRA runs",
     "table17": "data-generation runs (03_generate_data) with their costs",
-    "table18": "MATH-target STM, DPF and STM+DPF runs on Gemma 2 2B (paper profile)",
-    "table19": "a continual run: STM on MATH, then on MBPP, evaluated after each",
-    "table20": "Self-Output correctness-ablation runs (03_generate_data + 04_sft), evaluated",
+    "table18": "MATH-target STM, DPF and STM+DPF runs of Gemma 2 2B (profile `paper`)",
+    "table19": "a continual chain: an STM run on MATH, then a 04_sft run with init_run set to it, both evaluated",
+    "table20": "Self-Output correctness-ablation runs (04_sft method self_output with correctness), evaluated",
     "table21": "Self-Output correctness-ablation runs on Gemma 2 2B (paper profile)",
-    "fig02": "fine-tuning runs on labels from several generators, evaluated (BWT vs label PPL)",
-    "fig04": "ground truth, STM and Self-Output runs with per-epoch checkpoints, evaluated per epoch",
-    "fig05": "a tau sweep evaluated on every task",
+    "fig02": "evaluated runs on at least two label sources (ground truth, Self-Output, Rephrase) with label_ppl",
+    "fig04": "ground truth, STM and Self-Output runs (accuracy panel: checkpoints evaluated by 05_evaluate)",
+    "fig05": "a tau sweep (STM at three or more tau values, or two plus ground truth) evaluated on every task",
     "fig06": "a tau sweep on Gemma 2 2B (paper profile)",
-    "fig07": "convergence runs on Gemma 2 2B (paper profile)",
-    "fig11": "the weight-decay x dropout grid with checkpoints (06_regularization), evaluated on the target",
-    "fig12": "the weight-decay x dropout grid, evaluated on a non-target task",
+    "fig07": "convergence runs of Gemma 2 2B on MBPP (profile `paper`)",
+    "fig11": "the regularisation grid (06_regularization) evaluated by 05_evaluate (train_run includes it)",
+    "fig12": "the regularisation grid (06_regularization) evaluated on the non-target tasks",
     "fig13": "LoRA runs per training-data source (ground truth, Self-Output, Rephrase) with weight analysis",
     "fig14": "LoRA runs per training-data source with singular values of their updates",
 }
