@@ -743,6 +743,16 @@ def accuracy_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], with_
     return pd.DataFrame(rows).set_index("method")
 
 
+def _merged_copy(base_model: Any, adapter_dirs: Sequence[str | Path]) -> Any:
+    """A copy of base_model with each adapter merged into it in turn (base_model itself unchanged)."""
+    import copy
+
+    model = copy.deepcopy(base_model)
+    for adapter_dir in adapter_dirs:
+        model = load_adapter(model, adapter_dir).merge_and_unload()
+    return model.eval()
+
+
 @contextlib.contextmanager
 def trained_model(
     base_model: Any, run_results: Mapping[str, Any], base_fingerprint: str, merge: bool | None = None
@@ -754,18 +764,26 @@ def trained_model(
     in memory once more) and drift compares the copy with base_model. Without merge, the adapter goes on top of
     base_model in place and is removed again on exit; drift then uses the same model with the adapter disabled
     (base for drift: None). The fingerprint is the same either way (base + adapter), so cached results are shared.
-    results["model_dir"] (full fine-tuning, a save_pretrained folder): loaded as a second model on base_model's
-    device and dtype; drift compares it with base_model.
+    results["init_adapter_dir"] as well (continual fine-tuning, 04_sft's init_run): the earlier stage's adapter is
+    merged first, then this run's, into a copy (merge is the default on every device; merge=False is refused);
+    the fingerprint is (base + init adapter) + adapter, and drift compares with the original base_model.
+    results["model_dir"] (full fine-tuning, a save_pretrained folder, the earlier stage included): loaded as a
+    second model on base_model's device and dtype; drift compares it with base_model.
     """
     if run_results.get("adapter_dir"):
         adapter_dir = Path(run_results["adapter_dir"])
-        fp = combined_fingerprint(base_fingerprint, adapter_dir)
+        init_dir = run_results.get("init_adapter_dir")
+        start_fp = combined_fingerprint(base_fingerprint, init_dir) if init_dir else base_fingerprint
+        fp = combined_fingerprint(start_fp, adapter_dir)
         if merge is None:
-            merge = next(base_model.parameters()).device.type == "cpu"
+            merge = bool(init_dir) or next(base_model.parameters()).device.type == "cpu"
+        if init_dir and not merge:
+            raise ValueError(
+                f"the run continues from the adapter {init_dir} (init_adapter_dir): two adapters are evaluated "
+                "merged into a copy of the base; pass merge=True (or None)"
+            )
         if merge:
-            import copy
-
-            merged = load_adapter(copy.deepcopy(base_model), adapter_dir).merge_and_unload().eval()
+            merged = _merged_copy(base_model, [init_dir, adapter_dir] if init_dir else [adapter_dir])
             try:
                 yield merged, fp, base_model
             finally:

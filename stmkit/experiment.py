@@ -103,14 +103,14 @@ class Run:
 
         return save_table(df, name, self.dir / "tables", caption)
 
-    def target_examples(self, split: str = "train", n: int | None = None) -> list[Any]:
-        """Items of the profile's target task: data.n_train for train, data.n_val for validation."""
+    def target_examples(self, split: str = "train", n: int | None = None, task: str | None = None) -> list[Any]:
+        """Items of the profile's target task (or of `task`): data.n_train for train, data.n_val for validation."""
         from .tasks import load
 
         d = self.profile.data
         if n is None:
             n = {"train": d.n_train, "validation": d.n_val}.get(split, self.profile.eval.n_items)
-        return load(d.target, split, n, d.source)
+        return load(task or d.target, split, n, d.source)
 
     def score(self, examples: list[Any], label: str = "ground_truth") -> list[Any]:
         """Token log-probs of the examples' responses under the profile's model (cached by content)."""

@@ -9,6 +9,8 @@ Rules (each masks *response* tokens only; prompt tokens are never trained):
 - low: mask tokens with ppl < tau (the paper's "mask low" ablation).
 - dpf: mask tokens whose PPL rose under a fine-tuned adapter by more than tau (ppl_adapter - ppl_base > tau).
 - stm+dpf: mask tokens with ppl_base > tau or ppl_adapter - ppl_base > dpf_delta (reference: delta 0).
+  Both need `adapter_scored`: the same examples scored by the base with a fine-tuned adapter merged in (04_sft's
+  `reference_run`, normally the ground-truth run; see `stmkit.training.prepare_sft_data`).
 - none: train on every response token (ground truth).
 An example with every response token masked is never dropped silently: `keep_eos` keeps its end-of-turn token
 trainable, `drop` removes it; both are counted in the statistics.
@@ -189,6 +191,10 @@ def mask_dataset(
         params = {"quantile": quantile}
     elif rule == "random":
         params["seed"] = seed
+    elif rule == "dpf":  # tau bounds the PPL rise under the adapter, not a probability
+        params = {"tau": tau}
+    elif rule == "stm+dpf":
+        params["dpf_delta"] = dpf_delta
     elif rule == "none":
         params = {}
     return apply_masks(scored, masks, rule, fully_masked, params)

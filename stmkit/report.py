@@ -239,7 +239,7 @@ def _category_section(ctx: Context, ident: str, paper_model: str, registry_name:
         if len(extra) < substitute:
             return _missing(ident, title, f"mask runs of {paper_model} (profile `paper`), or, as an offline "
                             f"substitute, a 02_mask_tokens run with at least {substitute} `category_tasks`")
-        task = sorted(extra)[substitute - 1]
+        task = list(extra)[substitute - 1]  # in the order of category_tasks
         df = pd.DataFrame(extra[task])
         files = ctx.gather_figure(name, f"categories_{task}", f"{ident}_token_categories")
         note = (f"*Kit substitute ({ctx.scale(rec)}): the paper repeats Figure 8 with {paper_model} as the scoring "
@@ -1277,10 +1277,11 @@ MAP_START, MAP_END = "<!-- paper-map:start -->", "<!-- paper-map:end -->"
 
 def paper_map(root: Path, profile: str = "cpu-demo") -> str:
     """The README's map: each paper table/figure -> notebooks, make target, output file, runtime on the profile."""
-    from .pipeline import load_sweep
+    from .pipeline import load_sweep, resolve_sweep
 
-    profiles = ["cpu-demo", "cpu-full", "paper"]
-    feeders = {p: load_sweep(p) for p in profiles}
+    # (profile, sweep): the first that feeds an output is where the map sends the reader.
+    feeders = [(p, sw, load_sweep(p, resolve_sweep(sw))) for p, sw in
+               (("cpu-demo", None), ("cpu-demo", "cpu-demo-extra"), ("cpu-full", None), ("paper", None))]
     try:
         wall = json.loads((Path(root) / "pipeline_timings.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -1289,19 +1290,20 @@ def paper_map(root: Path, profile: str = "cpu-demo") -> str:
     lines = ["| paper | notebooks | command | output (results/cpu-demo/...) | cpu-demo wall time |",
              "|---|---|---|---|---|"]
     for ident in ORDER:
-        where = next((p for p in profiles if any(ident in r.feeds for r in feeders[p])), None)
-        runs = [r for r in feeders[where] if ident in r.feeds] if where else []
+        where = next(((p, sw, runs) for p, sw, runs in feeders if any(ident in r.feeds for r in runs)), None)
+        runs = [r for r in where[2] if ident in r.feeds] if where else []
         nbs = ", ".join(sorted({f"`{r.notebook}`" for r in runs})) or "—"
-        cmd = ("—" if where is None else f"`make reproduce ONLY={ident}`"
-               + ("" if where == "cpu-demo" else f" `PROFILE={where}`"))
+        cmd = "—" if where is None else (f"`make reproduce ONLY={ident}`"
+                                         + (f" `SWEEP={where[1]}`" if where[1] else "")
+                                         + ("" if where[0] == "cpu-demo" else f" `PROFILE={where[0]}`"))
         sec = sections.get(ident)
         if sec and sec.status == "made":
             out = ", ".join(f"`{f}`" for f in sec.files if f.endswith((".png", ".csv"))) or "REPORT.md"
         elif sec and sec.status == "unavailable":
             out, cmd = "not available offline", "—"
         else:
-            out = f"needs profile `{where}`" if where and where != profile else "—"
-        secs = sum(wall.get(r.name, 0.0) for r in runs) if where == profile else None
+            out = f"needs profile `{where[0]}`" if where and where[0] != profile else "—"
+        secs = sum(wall.get(r.name, 0.0) for r in runs) if where and where[0] == profile else None
         t = f"{secs / 60:.1f} min" if secs else "—"
         title = sections[ident].title if ident in sections else TITLES.get(ident, ident)
         if where is None and not (sec and sec.status == "unavailable"):

@@ -1,7 +1,8 @@
 """Fine-tuning with TRL's SFTTrainer on prepared data (input_ids + labels, -100 = not trained).
 
-Every method (ground truth, STM, random, low, quantile masking; Self-Output and Rephrase data) goes through the one
-entry point `train`: methods differ only in their dataset. What this module guarantees, and why:
+Every method (ground truth, STM, random, low, quantile, DPF and STM+DPF masking; Self-Output, its correctness
+ablation and Rephrase data) goes through the one entry point `train`: methods differ only in their dataset, which
+`prepare_sft_data` builds for the 04_sft notebook and the command line. What this module guarantees, and why:
 
 - Labels are used as given. TRL 1.16 treats a dataset with an `input_ids` column as already processed and a
   `labels` column as final ("left as is", `SFTTrainer._prepare_dataset`); its `DataCollatorForLanguageModeling`
@@ -26,7 +27,14 @@ entry point `train`: methods differ only in their dataset. What this module guar
   `AutoPeftModelForCausalLM.from_pretrained(dir)` works whenever that reference resolves in transformers (hub ids,
   paths); `lm_eval_model_args(dir)` prints the `--model_args` string for lm-evaluation-harness.
 - Cached: a trained model is keyed by the training config, the data (input_ids + labels, in order), the model
-  fingerprint, seed, precision and world size; a rerun with nothing changed trains nothing.
+  fingerprint, seed, precision and world size (and the starting adapter's fingerprint for continual fine-tuning);
+  a rerun with nothing changed trains nothing.
+- DPF and STM+DPF (paper Tables 14 and 18) mask by how much each token's PPL rose under a fine-tuned adapter
+  (`reference_run`, normally the ground-truth run), scored with that adapter merged into the base.
+- Continual fine-tuning (paper Table 19): `train(init_adapter=...)` merges an earlier run's adapter into the freshly
+  loaded base and trains a new adapter on top; the folder records the starting adapter (`stmkit_model.json`) and
+  `load_trained` / `evaluation.trained_model` merge it again before the new one. STM at such a stage scores the
+  data under the model after the previous stage (merged), with its own fingerprint.
 
 Multi-GPU: `accelerate launch --config_file configs/accelerate/<ddp|fsdp|deepspeed_zero3>.yaml -m stmkit.training
 --profile paper --method stm` runs the 04_sft pipeline (score, mask, train) on every GPU; see `ACCELERATE_HELP`.
@@ -61,11 +69,14 @@ METHODS = {  # notebook `method` -> (masking rule, training data source)
     "random": ("random", "ground_truth"),
     "low": ("low", "ground_truth"),
     "quantile": ("quantile", "ground_truth"),
+    "dpf": ("dpf", "ground_truth"),  # needs reference_run: the examples scored under a fine-tuned adapter
+    "stm+dpf": ("stm+dpf", "ground_truth"),
     "self_output": ("none", "Self-Output"),
     "rephrase": ("none", "Rephrase"),
 }
 METHOD_LABELS = {"gt": "Ground Truth", "stm": "STM", "random": "Random", "low": "Low", "quantile": "Quantile",
-                 "self_output": "Self-Output", "rephrase": "Rephrase"}
+                 "dpf": "DPF", "stm+dpf": "STM+DPF", "self_output": "Self-Output", "rephrase": "Rephrase"}
+DPF_RULES = ("dpf", "stm+dpf")
 
 ACCELERATE_HELP = """\
 Multi-GPU training (configs/accelerate/):
@@ -260,6 +271,9 @@ def load_trained(adapter_dir: str | os.PathLike, device: str = "auto", dtype: st
         if not ref:
             raise ValueError(f"{cfg_path} has no base_model_name_or_path; set it to the base model's name or path")
         base, tok = load_model(_resolve_base(ref, adapter_dir), device, dtype)
+        init = init_adapter_of(adapter_dir)
+        if init is not None:  # continual fine-tuning: the adapter was trained on base + this one, merged
+            base = PeftModel.from_pretrained(base, init).merge_and_unload()
         model = PeftModel.from_pretrained(base, adapter_dir)
     elif (adapter_dir / "config.json").is_file():
         dev = pick_device(device)
@@ -282,25 +296,54 @@ def base_model_of(adapter_dir: str | os.PathLike) -> str:
     return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
+def init_adapter_of(adapter_dir: str | os.PathLike) -> Path | None:
+    """The adapter a continual fine-tuning run started from (merged into the base before training), else None."""
+    info = Path(adapter_dir) / MODEL_INFO
+    if not info.is_file():
+        return None
+    init = json.loads(info.read_text()).get("init_adapter")
+    if not init:
+        return None
+    if not (Path(init) / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{adapter_dir} was trained on top of the adapter {init}, which is gone; restore it (rerun the earlier "
+            "04_sft run) to load this one"
+        )
+    return Path(init)
+
+
 def lm_eval_model_args(adapter_dir: str | os.PathLike) -> str:
     """`--model_args` for lm-evaluation-harness's `hf` model: the resolved base folder plus `peft=` the adapter."""
     from .models import resolve
 
     adapter_dir = Path(adapter_dir).resolve()
+    if (adapter_dir / "adapter_config.json").is_file() and init_adapter_of(adapter_dir) is not None:
+        raise ValueError(
+            f"{adapter_dir} continues from the adapter {init_adapter_of(adapter_dir)}: lm-evaluation-harness takes "
+            "one adapter; merge both first (load_trained(dir)[0].merge_and_unload().save_pretrained(out)) and pass "
+            "pretrained=out"
+        )
     base = resolve(_resolve_base(base_model_of(adapter_dir), adapter_dir))
     if (adapter_dir / "adapter_config.json").is_file():
         return f"pretrained={base},peft={adapter_dir}"
     return f"pretrained={adapter_dir}"
 
 
-def _write_model_info(folder: Path, base_ref: str, finetune: str, model_fp: str) -> None:
-    """Point the saved folder's base reference at something portable and record what it was trained from."""
+def _write_model_info(folder: Path, base_ref: str, finetune: str, model_fp: str,
+                      init: tuple[str, str] | None = None) -> None:
+    """Point the saved folder's base reference at something portable and record what it was trained from.
+
+    init: (folder, fingerprint) of the adapter merged into the base before training (continual fine-tuning).
+    """
     cfg_path = folder / "adapter_config.json"
     if cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text())
         cfg["base_model_name_or_path"] = base_ref
         atomic_write_json(cfg_path, cfg)
-    atomic_write_json(folder / MODEL_INFO, {"base_model": base_ref, "finetune": finetune, "model_fingerprint": model_fp})
+    info = {"base_model": base_ref, "finetune": finetune, "model_fingerprint": model_fp}
+    if init is not None:
+        info |= {"init_adapter": init[0], "init_adapter_fingerprint": init[1]}
+    atomic_write_json(folder / MODEL_INFO, info)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -456,11 +499,12 @@ def _is_main() -> bool:
 
 
 def training_key(cfg: TrainingConfig, data_fp: str, eval_fp: str | None, model_fp: str, seed: int,
-                 precision: str, world_size: int = 1) -> str:
-    """Cache key of a trained model: exactly what determines it."""
+                 precision: str, world_size: int = 1, init_adapter_fp: str | None = None) -> str:
+    """Cache key of a trained model: exactly what determines it (plus the starting adapter, when continual)."""
+    extra = {} if init_adapter_fp is None else {"init_adapter": init_adapter_fp}  # earlier keys stay valid
     return content_key(
         "adapter", TRAINING_VERSION, config=asdict(cfg), data=data_fp, eval=eval_fp, model=model_fp, seed=seed,
-        precision=precision, world_size=world_size,
+        precision=precision, world_size=world_size, **extra,
     )
 
 
@@ -486,15 +530,20 @@ def train(
     cache: Cache | None | bool = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    init_adapter: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Fine-tune a model on prepared data with TRL's SFTTrainer; cached by everything that determines the result.
 
     train_dataset: a MaskResult, Dataset or list of dicts with input_ids and labels (-100 = not trained).
     eval_dataset: the same kind, for the validation-loss curve (usually ground-truth labels for every method).
     cache: a Cache (default: the user's), or False to train into out_dir without caching.
+    init_adapter: continual fine-tuning (paper Table 19): a PEFT adapter folder (an earlier run's adapter_dir) merged
+    into the freshly loaded base before the new LoRA/DoRA adapter (or full fine-tuning) starts; its fingerprint is
+    part of the cache key.
     """
     import torch
 
+    from .evaluation import adapter_fingerprint
     from .models import fingerprint, pick_device
 
     seed = cfg.seed if seed is None else seed
@@ -507,13 +556,21 @@ def train(
     load_dtype, bf16, fp16 = _precision(cfg.finetune, dev, dtype)
     precision = "bf16" if bf16 else "fp16" if fp16 else str(load_dtype).replace("torch.", "")
     model_fp = fingerprint(model_name_or_path)
+    init = None
+    if init_adapter is not None:
+        init_dir = Path(init_adapter).resolve()
+        try:
+            init = (str(init_dir), adapter_fingerprint(init_dir))
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"init_adapter: {exc} (continual fine-tuning starts from a LoRA/DoRA adapter; "
+                                    "a fully fine-tuned model folder cannot be merged)") from exc
     key = training_key(
         cfg, dataset_fingerprint(ds), dataset_fingerprint(eval_ds) if eval_ds is not None else None, model_fp,
-        seed, f"{dev}:{precision}", _world_size(),
+        seed, f"{dev}:{precision}", _world_size(), init[1] if init else None,
     )
     base_ref = base_reference(model_name_or_path)
     args = (model_name_or_path, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16, fp16, revision, progress,
-            key, base_ref, model_fp, counts)
+            key, base_ref, model_fp, counts, init)
     if cache is False:
         if out_dir is None:
             raise ValueError("train(cache=False) needs out_dir: where to write the adapter")
@@ -529,6 +586,8 @@ def train(
     if not _is_main():
         return _train_other_rank(cache.path("adapters", key), args)
     meta = {"model": base_ref, "finetune": cfg.finetune, "examples": counts["examples"], "torch": torch.__version__}
+    if init is not None:
+        meta["init_adapter"] = init[0]
     with cache.put("adapters", key, meta=meta) as tmp:
         _train_into(tmp, *args, cached=False)
     return TrainResult.load(cache.path("adapters", key), cached=False)
@@ -545,6 +604,7 @@ def _train_other_rank(final: Path, args: tuple) -> TrainResult:
 def build_trainer(
     model_name: str, ds: Any, cfg: TrainingConfig, folder: Path, *, tokenizer: Any = None, eval_ds: Any = None,
     seed: int = 0, device: str = "cpu", dtype: str = "auto", revision: str | None = None, progress: bool = True,
+    init_adapter: str | os.PathLike | None = None,
 ) -> Any:
     """The configured STMTrainer (not yet trained) for a checked dataset; `train` is the normal entry point."""
     from .models import pick_device
@@ -554,12 +614,13 @@ def build_trainer(
     dev = pick_device(device)
     load_dtype, bf16, fp16 = _precision(cfg.finetune, dev, dtype)
     return _build(Path(folder), model_name, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16, fp16,
-                  revision, progress, len(ds))
+                  revision, progress, len(ds), init_adapter)
 
 
 def _build(
     folder: Path, model_name: str, tokenizer: Any, ds: Any, eval_ds: Any, cfg: TrainingConfig, seed: int, dev: str,
     load_dtype: Any, bf16: bool, fp16: bool, revision: str | None, progress: bool, n_examples: int,
+    init_adapter: str | os.PathLike | None = None,
 ) -> Any:
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTConfig
@@ -619,6 +680,10 @@ def _build(
     eval_rows = eval_ds.select_columns(["input_ids", "labels"]) if eval_ds is not None else None
     with warnings.catch_warnings():  # PEFT 0.21 reads a property transformers 5.24 deprecates; not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if init_adapter is not None:  # continual fine-tuning: the previous stage's update becomes part of the base
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(init_adapter)).merge_and_unload()
         trainer = trainer_cls(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
                               processing_class=tokenizer, peft_config=peft_config)
     trainer.kl_coef = cfg.kl_coef
@@ -640,13 +705,13 @@ def _build(
 def _train_into(
     folder: Path, model_name: str, tokenizer: Any, ds: Any, eval_ds: Any, cfg: TrainingConfig, seed: int, dev: str,
     load_dtype: Any, bf16: bool, fp16: bool, revision: str | None, progress: bool, key: str, base_ref: str,
-    model_fp: str, counts: dict[str, int], cached: bool,
+    model_fp: str, counts: dict[str, int], init: tuple[str, str] | None, cached: bool,
 ) -> TrainResult:
     """Build the trainer, train, save adapter + checkpoints + train_result.json into folder."""
     import torch
 
     trainer = _build(folder, model_name, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16, fp16, revision,
-                     progress, counts["examples"])
+                     progress, counts["examples"], init[0] if init else None)
     collator = trainer.data_collator
     eval_rows = trainer.eval_dataset
     ckpt = _callbacks(trainer, folder, cfg.save_every_steps, cfg.save_every_epochs, eval_rows is not None, _save)
@@ -662,8 +727,8 @@ def _train_into(
     for c in ckpt.saved + [{"dir": "adapter"}]:
         (folder / c["dir"] / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing loads it
     for c in ckpt.saved:
-        _write_model_info(folder / c["dir"], base_ref, cfg.finetune, model_fp)
-    _write_model_info(folder / "adapter", base_ref, cfg.finetune, model_fp)
+        _write_model_info(folder / c["dir"], base_ref, cfg.finetune, model_fp, init)
+    _write_model_info(folder / "adapter", base_ref, cfg.finetune, model_fp, init)
     shutil.rmtree(folder / "_trainer", ignore_errors=True)
 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
@@ -700,6 +765,8 @@ def _train_into(
         "precision": "bf16" if bf16 else "fp16" if fp16 else str(load_dtype).replace("torch.", ""),
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "seed": seed,
+        "init_adapter": init[0] if init else None,
+        "init_adapter_fingerprint": init[1] if init else None,
         "config": asdict(cfg),
     }
     if record["distinct_examples_seen"] != counts["examples"] and record["epochs"] >= 1:
@@ -787,6 +854,177 @@ def loss_on(model: Any, data: Any, batch_size: int = 8) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# What 04_sft trains on: the method's examples, scored, masked, and where each came from
+
+
+@dataclass
+class SFTData:
+    """A method's training data, masked, and the run.json results that say where it came from."""
+
+    method: str
+    label: str  # the paper's name for the row ("STM", "DPF", "Self-Output 50% correct", ...)
+    source: str  # "ground_truth", "Self-Output", "Rephrase" or the ablation set's label
+    scored: list[Any]  # under the scoring model: the base, or base + init_run's adapter for continual runs
+    data: Any  # stmkit.masking.MaskResult
+    info: dict[str, Any] = field(default_factory=dict)  # reference_run, init_run, correctness, label_ppl, ...
+
+    @property
+    def init_adapter_dir(self) -> str | None:
+        return self.info.get("init_adapter_dir")
+
+
+def label_ppl(scored: Sequence[Any]) -> float | None:
+    """Mean sequence PPL of the training responses (Table 1's avg_ppl; Figure 2's x axis)."""
+    from .analysis import ppl_stats
+
+    return float(ppl_stats({"train": scored})["avg_ppl"].iloc[0]) if scored else None
+
+
+def score_under(run: Any, model: Any, model_fp: str, examples: Sequence[Any], label: str) -> list[Any]:
+    """run.score with another model (e.g. a trained run merged into the base) and its own fingerprint (cached)."""
+    from .cache import Cache
+    from .scoring import score_examples
+
+    c = run.profile.scoring
+    with run.record.timed(f"score_{label}"):
+        scored, key = score_examples(
+            model, run.tokenizer, examples, model_fingerprint=model_fp, max_length=run.profile.data.max_length,
+            batch_size=c.batch_size, max_tokens_per_batch=c.max_tokens_per_batch,
+        )
+    run.record.key(f"scores_{label}", key)
+    run.record.data.setdefault("costs_s", {})[f"score_{label}"] = Cache().meta("scores", key).get("wall_s")
+    return scored
+
+
+def ablation_examples(run: Any, generate_run: str, correctness: float) -> tuple[list[Any], dict[str, Any]]:
+    """Tables 20-21: the Self-Output set of 03_generate_data whose correct_share_target equals correctness."""
+    from .tasks import Example
+
+    sets = run.load_run(generate_run)["results"].get("ablation") or {}
+    levels = sorted(float(v["correct_share_target"]) for v in sets.values())
+    match = [(k, v) for k, v in sets.items() if math.isclose(float(v["correct_share_target"]), correctness)]
+    if not match:
+        raise ValueError(
+            f"correctness = {correctness:g}: run '{generate_run}' has no Self-Output ablation set at that level "
+            f"(levels: {', '.join(f'{x:g}' for x in levels) or 'none; rerun 03_generate_data with ablation = True'})"
+        )
+    name, entry = match[0]
+    with open(entry["path"]) as f:
+        examples = [Example.from_dict(json.loads(line)) for line in f if line.strip()]
+    if not examples:
+        raise ValueError(
+            f"correctness = {correctness:g}: the ablation set '{name}' of run '{generate_run}' is empty "
+            f"({entry.get('correct_kept', 0)} correct, {entry.get('incorrect_kept', 0)} incorrect answers kept of "
+            f"{entry.get('problems', '?')} problems); the model had too few answers of the needed kind"
+        )
+    return examples, {"name": name, **entry}
+
+
+def _trained_run(run: Any, name: str, param: str) -> dict[str, Any]:
+    """results of an earlier training run of the profile, checked to hold one model."""
+    res = run.load_run(name)["results"]
+    if not (res.get("adapter_dir") or res.get("model_dir")):
+        raise ValueError(f"{param} = {name!r}: that run recorded no adapter_dir or model_dir; name a 04_sft run")
+    return res
+
+
+def prepare_sft_data(
+    run: Any,
+    method: str,
+    *,
+    generate_run: str = "generate",
+    reference_run: str = "",
+    init_run: str = "",
+    correctness: float = -1.0,
+) -> SFTData:
+    """Examples of the method, scored by the scoring model, masked by the profile's rule: what 04_sft trains on.
+
+    reference_run (dpf, stm+dpf): an earlier 04_sft run whose model (its adapter merged into the base) scores the
+    same examples; the rule masks by the PPL rise. init_run (continual fine-tuning): an earlier LoRA/DoRA run; the
+    data are scored under the base with its adapter merged (the model this stage starts from), and `train` gets
+    `init_adapter=sft.init_adapter_dir`. correctness in [0, 1] (self_output): the 03_generate_data ablation set
+    with that share of correct answers.
+    """
+    from . import evaluation, masking
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}' (methods: {', '.join(METHODS)})")
+    rule, source = METHODS[method]
+    m = run.profile.masking
+    if m.rule != rule:
+        raise ValueError(f"masking.rule is '{m.rule}' but method '{method}' masks by '{rule}'; start the run with "
+                         "training.method_overrides(method, overrides)")
+    if rule in DPF_RULES and not reference_run:
+        raise ValueError(f"method '{method}' needs reference_run: the 04_sft run (normally the ground-truth run, "
+                         "e.g. reference_run = \"sft-gt\") whose adapter scores the training data")
+    if reference_run and rule not in DPF_RULES:
+        raise ValueError(f"reference_run = {reference_run!r} is only used by methods {', '.join(DPF_RULES)}, "
+                         f"not '{method}'; leave it empty")
+    use_correctness = correctness is not None and correctness >= 0
+    if use_correctness and method != "self_output":
+        raise ValueError(f"correctness = {correctness:g} selects a Self-Output ablation set: use it with method "
+                         f"'self_output', not '{method}' (or leave it negative)")
+    if use_correctness and correctness > 1:
+        raise ValueError(f"correctness = {correctness:g}: a share of correct answers, in [0, 1] (negative: not used)")
+
+    info: dict[str, Any] = {"reference_run": reference_run or None, "init_run": init_run or None,
+                            "init_adapter_dir": None, "correctness": None}
+    label = METHOD_LABELS[method]
+    init_res = None
+    if init_run:
+        init_res = _trained_run(run, init_run, "init_run")
+        if not init_res.get("adapter_dir") or init_res.get("model_dir"):
+            raise ValueError(f"init_run = {init_run!r} fine-tuned all weights (model_dir); continual fine-tuning "
+                             "starts from a LoRA/DoRA run's adapter")
+        if init_res.get("init_adapter_dir"):
+            raise ValueError(f"init_run = {init_run!r} itself continues from {init_res.get('init_run')!r}; only two "
+                             "stages are supported (paper Table 19)")
+        info["init_adapter_dir"] = str(Path(init_res["adapter_dir"]).resolve())
+
+    if source == "ground_truth":
+        examples, score_label = run.target_examples("train"), "ground_truth"
+    elif use_correctness:
+        examples, entry = ablation_examples(run, generate_run, float(correctness))
+        label = f"Self-Output {100 * float(correctness):g}% correct"
+        source = entry["name"]
+        score_label = f"self_output_correct_{100 * float(correctness):g}"
+        info |= {"correctness": float(correctness), "correct_kept": entry.get("correct_kept"),
+                 "incorrect_kept": entry.get("incorrect_kept"), "ablation_path": entry["path"]}
+    else:
+        generated = run.generated_sets(generate_run)
+        if source not in generated:
+            raise RuntimeError(f"method '{method}' trains on {source} data; run 03_generate_data for this profile "
+                               f"first (run '{generate_run}')")
+        examples, score_label = generated[source], source.lower().replace("-", "_")
+    if init_res is None:
+        scored = run.score(examples, score_label)
+        info["scoring_model"] = "base"
+    else:
+        with evaluation.trained_model(run.model, init_res, run.model_fingerprint, merge=True) as (model, fp, _):
+            scored = score_under(run, model, fp, examples, f"{score_label}_after_{init_run}")
+        info["scoring_model"] = f"base + {init_run}"
+        info["scoring_fingerprint"] = fp
+
+    adapter_scored = None
+    if reference_run:
+        ref = _trained_run(run, reference_run, "reference_run")
+        ref_init = str(Path(ref["init_adapter_dir"]).resolve()) if ref.get("init_adapter_dir") else None
+        if ref_init != info["init_adapter_dir"]:
+            raise ValueError(
+                f"reference_run = {reference_run!r} starts from {ref.get('init_run') or 'the base'} but this run "
+                f"starts from {init_run or 'the base'}: DPF compares two models of the same stage; name a reference "
+                "run with the same init_run"
+            )
+        with evaluation.trained_model(run.model, ref, run.model_fingerprint, merge=True) as (model, fp, _):
+            adapter_scored = score_under(run, model, fp, examples, f"{score_label}_under_{reference_run}")
+        info["reference_fingerprint"] = fp
+    data = masking.mask_dataset(scored, m.rule, m.tau, m.quantile, m.seed, m.fully_masked, adapter_scored,
+                                m.dpf_delta)
+    info["label_ppl"] = label_ppl(scored)
+    return SFTData(method, label, source, scored, data, info)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Command line (what `accelerate launch -m stmkit.training` runs)
 
 
@@ -863,6 +1101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                             if src == "ground_truth"])
     parser.add_argument("--run-name", default="")
     parser.add_argument("--results-dir", default="")
+    parser.add_argument("--reference-run", default="", help="dpf, stm+dpf: the run whose adapter scores the data")
+    parser.add_argument("--init-run", default="", help="continual fine-tuning: the run whose adapter to start from")
     parser.add_argument("--check-accelerate", nargs="+", metavar="YAML",
                         help="dry-run accelerate configs (parse, validate, build launch env and plugin) and exit")
     args = parser.parse_args(argv)
@@ -882,17 +1122,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                            args.run_name or f"sft-{args.method}", args.results_dir)
     prof = run.profile
     with state.main_process_first():  # the main rank scores and caches; the others read the cache
-        scored = run.score(run.target_examples("train"), "ground_truth")
+        sft = prepare_sft_data(run, args.method, reference_run=args.reference_run, init_run=args.init_run)
         val = run.score(run.target_examples("validation"), "validation") if prof.data.n_val else None
-    m = prof.masking
-    res = masking.mask_dataset(scored, m.rule, m.tau, m.quantile, m.seed, m.fully_masked)
+    res = sft.data
     val_ds = masking.mask_dataset(val, "none").to_dataset() if val else None
     result = train(prof.model.name, res, prof.training, tokenizer=run.tokenizer, eval_dataset=val_ds,
                    seed=prof.training.seed, device=prof.model.device, dtype=prof.model.dtype,
-                   revision=prof.model.revision)
+                   revision=prof.model.revision, init_adapter=sft.init_adapter_dir)
     if state.is_main_process:
         run.record.key("adapter", result.key)
-        print(run.finish(method=args.method, masking=res.stats, training=result.summary()))
+        where = {"model_dir" if result.finetune == "full" else "adapter_dir": str(result.adapter_dir)}
+        print(run.finish(method=args.method, label=sft.label, **where, **sft.info, masking=res.stats,
+                         training=result.summary(), final_train_loss=result.record.get("final_train_loss")))
     return 0
 
 

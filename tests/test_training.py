@@ -211,6 +211,52 @@ def test_kl_penalty_keeps_the_model_closer_to_its_base(tiny, scored, cache):
     assert first[0]["kl_to_base"] == pytest.approx(0.0, abs=1e-6) and first[-1]["kl_to_base"] > 0
 
 
+def test_init_adapter_is_merged_before_training_and_keys_the_cache(tiny, scored, cache, tmp_path, monkeypatch):
+    """Continual fine-tuning (Table 19): the new adapter starts from base + the earlier adapter, merged."""
+    from stmkit.cache import content_key
+    from stmkit.evaluation import adapter_fingerprint
+
+    model0, tok = tiny
+    gt, stm = masking.mask_dataset(scored, "none"), masking.mask_dataset(scored, "threshold", tau=2.5)
+    cfg = dataclasses.replace(BASE, max_steps=2)
+    first = run(gt, cfg, cache, tok)
+    ids = torch.tensor([gt.input_ids[0]])
+    stage1, _ = training.load_trained(first.adapter_dir, device="cpu")
+    with torch.no_grad():
+        want = stage1.merge_and_unload()(input_ids=ids).logits
+        # before the first step the new LoRA is zero (B = 0): the trainer's model is stage 1, merged
+        trainer = training.build_trainer("tiny-llama", stm, cfg, tmp_path, tokenizer=tok, progress=False,
+                                         init_adapter=first.adapter_dir)
+        torch.testing.assert_close(trainer.model.eval()(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+        assert (want - model0(input_ids=ids).logits).abs().max() > 0
+    del trainer
+    second = run(stm, cfg, cache, tok, init_adapter=first.adapter_dir)
+    plain = run(stm, cfg, cache, tok)
+    assert second.key != plain.key and second.record["init_adapter"] == str(first.adapter_dir.resolve())
+    assert second.record["init_adapter_fingerprint"] == adapter_fingerprint(first.adapter_dir)
+    assert plain.record["init_adapter"] is None
+    info = json.loads((second.adapter_dir / training.MODEL_INFO).read_text())
+    assert info["init_adapter"] == second.record["init_adapter"]
+    assert training.init_adapter_of(second.adapter_dir) == first.adapter_dir.resolve()
+    # without an init adapter the key is what it always was (cached adapters stay valid)
+    old = content_key("adapter", training.TRAINING_VERSION, config=dataclasses.asdict(cfg), data="d", eval=None,
+                      model="m", seed=0, precision="cpu:float32", world_size=1)
+    assert training.training_key(cfg, "d", None, "m", 0, "cpu:float32") == old
+    # load_trained merges the init adapter first: the result moved away from stage 1
+    loaded, _ = training.load_trained(second.adapter_dir, device="cpu")
+    with torch.no_grad():
+        assert (loaded(input_ids=ids).logits - want).abs().max() > 0
+    with pytest.raises(ValueError, match="continues from the adapter"):
+        training.lm_eval_model_args(second.adapter_dir)
+    monkeypatch.setattr(training, "_train_into", lambda *a, **k: pytest.fail("trained again on a cache hit"))
+    assert run(stm, cfg, cache, tok, init_adapter=first.adapter_dir).key == second.key
+    monkeypatch.undo()
+    other = run(gt, dataclasses.replace(cfg, learning_rate=2e-2), cache, tok)  # another stage 1: another key
+    assert run(stm, cfg, cache, tok, init_adapter=other.adapter_dir).key != second.key
+    with pytest.raises(FileNotFoundError, match="init_adapter: .*no adapter_config.json"):
+        run(stm, cfg, cache, tok, init_adapter=tmp_path)
+
+
 def test_checkpoints_at_configured_steps(tiny, scored, cache):
     _, tok = tiny
     out = run(masking.mask_dataset(scored, "none"), dataclasses.replace(BASE, epochs=2, save_every_epochs=0.5), cache,
