@@ -56,7 +56,7 @@ class MaskingConfig:
     rule: Literal["none", "threshold", "quantile", "random", "low", "dpf", "stm+dpf"] = "threshold"
     tau: float = 2.5  # PPL threshold; inf = no masking
     quantile: float = 0.2  # share of response tokens masked by the `quantile` rule
-    dpf_delta: float = 0.0  # `dpf`: mask tokens whose PPL rose by more than this under the adapter
+    dpf_delta: float = 0.0  # dpf, stm+dpf: mask tokens whose PPL rose by more than this under the adapter
     fully_masked: Literal["keep_eos", "drop"] = "keep_eos"  # what happens to an example with nothing left
     seed: int = 0
 

@@ -7,7 +7,8 @@ Rules (each masks *response* tokens only; prompt tokens are never trained):
   the response tokens, seeded per example. (The reference implementation drew positions with replacement over the
   whole sequence, prompt included; stmkit follows the paper's description.)
 - low: mask tokens with ppl < tau (the paper's "mask low" ablation).
-- dpf: mask tokens whose PPL rose under a fine-tuned adapter by more than tau (ppl_adapter - ppl_base > tau).
+- dpf: mask tokens whose PPL rose under a fine-tuned adapter by more than dpf_delta (ppl_adapter - ppl_base >
+  dpf_delta; the paper's DPF filters every token whose PPL rose: delta 0).
 - stm+dpf: mask tokens with ppl_base > tau or ppl_adapter - ppl_base > dpf_delta (reference: delta 0).
   Both need `adapter_scored`: the same examples scored by the base with a fine-tuned adapter merged in (04_sft's
   `reference_run`, normally the ground-truth run; see `stmkit.training.prepare_sft_data`).
@@ -141,7 +142,7 @@ def compute_masks(
         if a is None or a.input_ids != s.input_ids:
             raise ValueError(f"example {s.id!r} is missing from adapter_scored or was tokenised differently")
         diff = a.ppl - p
-        out.append(diff > tau if rule == "dpf" else (p > tau) | (diff > dpf_delta))
+        out.append(diff > dpf_delta if rule == "dpf" else (p > tau) | (diff > dpf_delta))
     return out
 
 
@@ -191,8 +192,8 @@ def mask_dataset(
         params = {"quantile": quantile}
     elif rule == "random":
         params["seed"] = seed
-    elif rule == "dpf":  # tau bounds the PPL rise under the adapter, not a probability
-        params = {"tau": tau}
+    elif rule == "dpf":  # only the PPL rise under the adapter counts, not the base PPL
+        params = {"dpf_delta": dpf_delta}
     elif rule == "stm+dpf":
         params["dpf_delta"] = dpf_delta
     elif rule == "none":

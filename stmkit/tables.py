@@ -25,6 +25,8 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
 def save_table(df: pd.DataFrame, name: str, tables_dir: Path, caption: str = "") -> list[Path]:
     """Write tables_dir/name.csv and name.md (with the caption above the table)."""
     tables_dir = Path(tables_dir)
+    if not isinstance(df.index, pd.RangeIndex) or df.index.name is not None:
+        df = df.reset_index()  # a labelled index (method, task ...) is a column of the table, not to be lost
     csv_path, md_path = tables_dir / f"{name}.csv", tables_dir / f"{name}.md"
     atomic_write_text(csv_path, df.to_csv(index=False))
     atomic_write_text(md_path, (f"{caption}\n\n" if caption else "") + to_markdown(df))

@@ -83,8 +83,10 @@ def test_fully_masked_example_keeps_its_eos_or_is_dropped_and_counted():
 
 def test_dpf_and_stm_dpf_use_the_adapter_scores():
     tuned = [scored("a", [1.0, 9.0, 1.2, 10.0, 1.0]), scored("b", [5.0, 1.1, 4.0, 2.6]), scored("c", [9.0, 8.0])]
-    dpf = compute_masks(DATA, "dpf", tau=2.5, adapter_scored=tuned)
+    dpf = compute_masks(DATA, "dpf", adapter_scored=tuned, dpf_delta=2.5)
     assert dpf[0].tolist() == [False, True, False, False, False]  # 9 - 3 = 6 > 2.5
+    # The paper's DPF: every token whose PPL rose under the adapter (delta 0), whatever tau is.
+    assert compute_masks(DATA, "dpf", tau=1000, adapter_scored=tuned)[1].tolist() == [False, False, True, False]
     both = compute_masks(DATA, "stm+dpf", tau=2.5, adapter_scored=tuned)
     assert both[1].tolist() == [True, False, True, True]  # 5 > tau, 4 - 1.1 > 0, 2.6 > tau
     with pytest.raises(ValueError, match="adapter"):
