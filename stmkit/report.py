@@ -728,7 +728,9 @@ def _reg_accuracy(ctx: Context, name: str, df: pd.DataFrame, which: str) -> tupl
         by_step: dict[Any, dict[str, Any]] = {}
         for c in curves.get(lab, []):
             by_step.setdefault(c["step"], {})[c["task"]] = c
-        points = sorted(by_step.items(), key=lambda kv: kv[0]) or [(None, acc[lab])]
+        points = sorted(by_step.items(), key=lambda kv: kv[0])
+        if not any(value(tasks, target) is not None for _, tasks in points):  # curves cover other tasks only
+            points = [(None, acc[lab])]
         for step, tasks in points:
             v = value(tasks, target)
             if v is not None:
@@ -753,8 +755,9 @@ def _parallel(ident: str, ctx: Context, which: str) -> Section:
     name, rec, df = found
     pts, refs = _reg_accuracy(ctx, name, df, which)
     if pts.empty:
-        return _missing(ident, title, NEEDS[ident] + f" (run `{name}` has not been evaluated: add it to a 05_evaluate "
-                        "train_run)")
+        evaluated = any(f"{name}/{r}" in _evals(ctx)[0] for r in df["run"])
+        return _missing(ident, title, NEEDS[ident] + (f" (run `{name}` has not been evaluated: add it to a 05_evaluate "
+                        "train_run)" if not evaluated else " (its evaluation has no such task)"))
     if pts["step"].isna().all():
         pts["step"] = rec["config"].get("training", {}).get("max_steps") or "final"
     axes_cols = ["weight_decay", "dropout", "step", "accuracy"]
@@ -1109,7 +1112,7 @@ def fig02(ctx: Context) -> Section:
     files += _rel(ctx, save_table(df, "fig02_ppl_vs_bwt", ctx.tables_dir, "Figure 2 data (kit)."))
     rho = df["label_ppl"].rank().corr(df["bwt"].rank()) if len(df) >= 3 else None  # Spearman
     claim = ("Lower-PPL labels forget less (Spearman correlation of label PPL with BWT, negative = the paper's "
-             f"trend): {'n/a (fewer than 3 points)' if rho is None else f'{rho:+.2f} over {len(df)} runs'}; "
+             f"trend): {'n/a (fewer than 3 points)' if rho is None else 'undefined (no variation)' if pd.isna(rho) else f'{rho:+.2f} over {len(df)} runs'}; "
              "the BWT intervals overlap at this scale, so treat the trend as illustrative.")
     return Section("fig02", title, "made", f"Kit: {ctx.scale(rec)}.", files, claim)
 

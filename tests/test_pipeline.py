@@ -105,6 +105,10 @@ def test_smoke_reproduce_then_rerun_executes_nothing(tmp_path):
     first = _reproduce(tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     _assert_complete_and_clean(tmp_path)
+    # Every output the smoke profile declares is made by its real notebooks (each report generator runs).
+    figures = json.loads((tmp_path / "runs" / "figures" / "run.json").read_text())["results"]
+    assert figures["covers_not_made"] == [], figures["covers_not_made"]
+    assert (tmp_path / "REPORT.md").is_file() and (tmp_path / "REPORT.html").is_file()
     before = _markers(tmp_path)
     again = _reproduce(tmp_path)
     assert again.returncode == 0 and "0 executed" in again.stdout
