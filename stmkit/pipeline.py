@@ -75,9 +75,12 @@ def load_sweep(profile: str, path: Path | None = None) -> list[RunSpec]:
     if not path.is_file():
         raise ConfigError(f"profile '{profile}' has no sweep file {path}; add one listing its runs")
     data = load_yaml(path)
-    unknown = set(data) - {"runs", "description"}
+    unknown = set(data) - {"runs", "description", "profile"}
     if unknown:
-        raise ConfigError(f"{path.name}: unknown key '{sorted(unknown)[0]}' (valid keys: description, runs)")
+        raise ConfigError(f"{path.name}: unknown key '{sorted(unknown)[0]}' (valid keys: description, profile, runs)")
+    if data.get("profile", profile) != profile:
+        raise ConfigError(f"{path.name} is a sweep of profile '{data['profile']}', not '{profile}': "
+                          f"run it with PROFILE={data['profile']}")
     base = load_profile(profile)
     runs: list[RunSpec] = []
     seen: set[str] = set()

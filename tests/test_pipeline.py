@@ -21,8 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("path", sorted(SWEEPS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_sweep_validates(path):
-    runs = load_sweep(path.stem)
+    profile = yaml.safe_load(path.read_text()).get("profile", path.stem)  # a named sweep says its profile
+    runs = load_sweep(profile, path)
     assert runs and len({r.name for r in runs}) == len(runs)
+    if profile != path.stem:
+        with pytest.raises(ConfigError, match=f"sweep of profile '{profile}'"):
+            load_sweep("smoke", path)
 
 
 def _sweep(tmp_path, runs):
