@@ -12,7 +12,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-BENCHES = ["bench_scoring", "bench_evaluation", "bench_training", "bench_pipeline"]
+BENCHES = ["bench_scoring", "bench_evaluation", "bench_adapter_eval", "bench_training", "bench_pipeline"]
 
 
 def main(argv: list[str]) -> int:
@@ -26,7 +26,11 @@ def main(argv: list[str]) -> int:
         print(f"   ({time.perf_counter() - t0:.0f} s)\n", flush=True)
     out = Path(os.environ.get("STMKIT_BENCH_OUT", "results/bench.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    try:  # running some benchmarks keeps the others' last results
+        previous = json.loads(out.read_text())
+    except (OSError, json.JSONDecodeError):
+        previous = {}
+    out.write_text(json.dumps(previous | results, indent=2) + "\n")
     print(f"wrote {out}")
     failed = [f"{n}: {g}" for n, r in results.items() for g, ok in r.get("goals", {}).items() if not ok]
     if failed:
