@@ -112,15 +112,18 @@ class Run:
             n = {"train": d.n_train, "validation": d.n_val}.get(split, self.profile.eval.n_items)
         return load(task or d.target, split, n, d.source)
 
-    def score(self, examples: list[Any], label: str = "ground_truth") -> list[Any]:
-        """Token log-probs of the examples' responses under the profile's model (cached by content)."""
+    def score(self, examples: list[Any], label: str = "ground_truth", max_length: int | None = None) -> list[Any]:
+        """Token log-probs of the examples' responses under the profile's model (cached by content).
+
+        max_length: default data.max_length (what training sees); analyses of other tasks' data may need more.
+        """
         from .scoring import score_examples
 
         c = self.profile.scoring
         with self.record.timed(f"score_{label}"):
             scored, key = score_examples(
                 self.model, self.tokenizer, examples, model_fingerprint=self.model_fingerprint,
-                max_length=self.profile.data.max_length, batch_size=c.batch_size,
+                max_length=max_length or self.profile.data.max_length, batch_size=c.batch_size,
                 max_tokens_per_batch=c.max_tokens_per_batch,
             )
         self.record.key(f"scores_{label}", key)
