@@ -69,6 +69,9 @@ class MaskResult:
             "masked_tokens": n_masked,
             "masked_share": n_masked / n_resp if n_resp else 0.0,
             "trained_tokens": trained,
+            # the last response token is the end-of-turn token: masking it, the model does not learn where to stop
+            "end_of_turn_masked_share": (sum(bool(m[-1]) for m in self.masks if len(m)) / len(self.masks)
+                                         if self.masks else 0.0),
         }
 
     def per_example(self) -> list[dict[str, Any]]:

@@ -438,6 +438,9 @@ def table02(ctx: Context) -> Section:
                               and _main_setting(ctx, i)])
     if df.empty:
         return _missing("table02", title, NEEDS["table02"])
+    df["end_of_turn_masked_%"] = [100 * sft[r]["record"]["results"].get("masking", {}).get(
+        "end_of_turn_masked_share", float("nan")) for r in df["run"]]
+    df["target_answers_unfinished"] = [_unfinished(ctx, r) for r in df["run"]]
     _, _, _, rec = _evals(ctx)
     files = save_table(df, "table02_main", ctx.tables_dir,
                        f"Table 2 (kit, {ctx.scale(rec)}; {rec['results'].get('n_items')} items per task). TI/BWT in %, "
@@ -445,8 +448,27 @@ def table02(ctx: Context) -> Section:
                        "original accuracy; drift = mean per-token KL(p_base || p_tuned) on the base's own answers.")
     body = (f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n"
             + _paper_md(2, ["model", "target_task", "method", "metric", "value"], "metric != 'data_cost'"))
-    return Section("table02", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files],
-                   _stm_vs_gt_claim(ctx))
+    claim = _stm_vs_gt_claim(ctx)
+    stm = df[df["run"].isin(_runs_by_method(ctx, "stm")[:1])]
+    if not stm.empty and stm["end_of_turn_masked_%"].iloc[0] > 50:
+        claim += (f" Note: STM masked the end-of-turn token in {stm['end_of_turn_masked_%'].iloc[0]:.0f}% of the "
+                  "training answers (the model finds the end of a bare ground-truth answer surprising), so it trains "
+                  f"little on where to stop; its target answers left unfinished: {stm['target_answers_unfinished'].iloc[0]}"
+                  " (see the column for the others).")
+    return Section("table02", title, "made", body, _rel(ctx, files), claim)
+
+
+def _unfinished(ctx: Context, run: str) -> str:
+    """'k/n' target-task answers of a trained model that hit max_new_tokens (from 05_evaluate's item files)."""
+    acc, _, _, _ = _evals(ctx)
+    target = target_of(_sft(ctx).get(run, {}).get("record", {}))
+    summary = next((sm for t, sm in acc.get(run, {}).items() if t.split(":")[0] == target), None)
+    try:
+        rows = [json.loads(line) for line in Path(summary["items_path"]).read_text().splitlines() if line.strip()]
+    except (TypeError, KeyError, OSError, json.JSONDecodeError):
+        return "n/a"
+    flags = [r.get("finished") for r in rows if "finished" in r]
+    return f"{flags.count(False)}/{len(flags)}" if flags else "n/a"
 
 
 def _ablation(ctx: Context, ident: str, paper_n: int, paper_cols: list[str]) -> Section:

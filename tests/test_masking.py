@@ -77,6 +77,8 @@ def test_fully_masked_example_keeps_its_eos_or_is_dropped_and_counted():
     assert keep.stats["examples_fully_masked"] == 1 and keep.stats["examples_out"] == 3
     c = keep.labels[keep.ids.index("c")]
     assert [x for x in c if x != IGNORE] == [DATA[2].input_ids[-1]]
+    # last response tokens 2.4, 2.6, 8.0: the end-of-turn token is masked in two of three examples
+    assert mask_dataset(DATA, "threshold", tau=2.5).stats["end_of_turn_masked_share"] == pytest.approx(2 / 3)
     drop = mask_dataset(DATA, "threshold", tau=2.5, fully_masked="drop")
     assert drop.dropped == ["c"] and drop.stats["examples_dropped"] == 1 and drop.stats["examples_in"] == 3
 
