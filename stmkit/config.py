@@ -58,6 +58,8 @@ class MaskingConfig:
     quantile: float = 0.2  # share of response tokens masked by the `quantile` rule
     dpf_delta: float = 0.0  # dpf, stm+dpf: mask tokens whose PPL rose by more than this under the adapter
     fully_masked: Literal["keep_eos", "drop"] = "keep_eos"  # what happens to an example with nothing left
+    # never mask the end-of-turn token, so the model still learns where answers stop (not in the paper)
+    train_end_of_turn: bool = False
     seed: int = 0
 
     def validate(self, where: str) -> None:

@@ -187,9 +187,16 @@ def mask_dataset(
     fully_masked: str = "keep_eos",
     adapter_scored: Sequence[Scored] | None = None,
     dpf_delta: float = 0.0,
+    train_end_of_turn: bool = False,
 ) -> MaskResult:
-    """Compute masks by a rule and build labels: the one call most users need."""
+    """Compute masks by a rule and build labels: the one call most users need.
+
+    train_end_of_turn: never mask the last response token (the end-of-turn token the chat template appends), so
+    the model still learns where an answer stops. Off by default: the paper masks by PPL alone.
+    """
     masks = compute_masks(scored, rule, tau, quantile, seed, adapter_scored, dpf_delta)
+    if train_end_of_turn:
+        masks = [np.concatenate([m[:-1], [False]]) if len(m) else m for m in masks]
     params: dict[str, Any] = {"tau": tau, "p_below": tau_to_probability(tau)}
     if rule == "quantile":
         params = {"quantile": quantile}
@@ -201,6 +208,8 @@ def mask_dataset(
         params["dpf_delta"] = dpf_delta
     elif rule == "none":
         params = {}
+    if train_end_of_turn:
+        params["train_end_of_turn"] = True
     return apply_masks(scored, masks, rule, fully_masked, params)
 
 

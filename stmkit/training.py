@@ -1019,7 +1019,8 @@ def prepare_sft_data(
             adapter_scored = score_under(run, model, fp, examples, f"{score_label}_under_{reference_run}")
         info["reference_fingerprint"] = fp
     data = masking.mask_dataset(scored, m.rule, m.tau, m.quantile, m.seed, m.fully_masked, adapter_scored,
-                                m.dpf_delta)
+                                m.dpf_delta,
+                                train_end_of_turn=m.train_end_of_turn)
     info["label_ppl"] = label_ppl(scored)
     return SFTData(method, label, source, scored, data, info)
 

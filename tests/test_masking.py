@@ -79,6 +79,9 @@ def test_fully_masked_example_keeps_its_eos_or_is_dropped_and_counted():
     assert [x for x in c if x != IGNORE] == [DATA[2].input_ids[-1]]
     # last response tokens 2.4, 2.6, 8.0: the end-of-turn token is masked in two of three examples
     assert mask_dataset(DATA, "threshold", tau=2.5).stats["end_of_turn_masked_share"] == pytest.approx(2 / 3)
+    kept = mask_dataset(DATA, "threshold", tau=2.5, train_end_of_turn=True)
+    assert kept.stats["end_of_turn_masked_share"] == 0 and kept.stats["train_end_of_turn"] is True
+    assert [m.tolist() for m in kept.masks[:2]] == [[False, True, False, True, False], [True, False, False, False]]
     drop = mask_dataset(DATA, "threshold", tau=2.5, fully_masked="drop")
     assert drop.dropped == ["c"] and drop.stats["examples_dropped"] == 1 and drop.stats["examples_in"] == 3
 
