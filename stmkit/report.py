@@ -789,10 +789,12 @@ def _parallel(ident: str, ctx: Context, which: str) -> Section:
     lo, hi = num.min(), num.max()
     span = (hi - lo).replace(0, 1.0)
     norm = (num - lo) / span
-    for i, row in pts.iterrows():
+    seen: set[str] = set()
+    for i, row in pts.iterrows():  # one line per setting and checkpoint; one legend entry per setting
         ys = [0.5 if pd.isna(v) else v for v in norm.loc[i]]
         ax.plot(range(len(axes_cols)), ys, marker="o", color=color(row["method"]), alpha=0.8,
-                label=f"{row['run']}")
+                label=None if row["run"] in seen else f"{row['run']}")
+        seen.add(row["run"])
     for lab, v in refs.items():
         ax.axhline((v - lo["accuracy"]) / span["accuracy"], color=color(lab), ls="--", lw=1, label=f"{lab} ({v:.3f})")
     ax.set_xticks(range(len(axes_cols)), [f"{c}\n[{lo[c]:g}, {hi[c]:g}]" if not pd.isna(lo[c]) else c
