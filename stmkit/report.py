@@ -1117,8 +1117,10 @@ def fig02(ctx: Context) -> Section:
             "bwt": transfer[n].get("bwt"), "bwt_low": transfer[n].get("bwt_low"),
             "bwt_high": transfer[n].get("bwt_high"), "final_train_loss": i["final_train_loss"]}
            for n, i in sft.items() if i["method"] in ("gt", "self_output", "rephrase") and n in transfer
-           and i.get("label_ppl") is not None and transfer[n].get("bwt") is not None]
-    if len(pts) < 2:
+           and i.get("label_ppl") is not None and transfer[n].get("bwt") is not None
+           and _main_setting(ctx, {**i, "record": {"results": {
+               k: v for k, v in i["record"]["results"].items() if k != "correctness"}}})]
+    if len({p["method"].split(" ")[0] for p in pts}) < 2:  # label sources, not one source's fine-tuning variants
         return _missing("fig02", title, NEEDS["fig02"])
     df = pd.DataFrame(pts)
     use_style()
