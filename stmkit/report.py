@@ -126,6 +126,16 @@ def _main(ctx: Context, paper_model: str | None = None, target: str | None = Non
     return sub
 
 
+def _paper_model(ctx: Context, ident: str, model: str, target: str | None, own: str,
+                 make: Callable[[Context], Section]) -> Section:
+    """An output the paper makes for one of its models: built from that model's runs, else 'missing' with a
+    pointer to the output that holds this profile's own version."""
+    sub = ctx.scope(model, target)
+    if not sub.runs:
+        return _missing(ident, TITLES[ident], f"{NEEDS[ident]}; this profile's own version is {own}")
+    return make(sub)
+
+
 def _missing(ident: str, title: str, needs: str) -> Section:
     return Section(ident, title, "missing", f"Not produced by this profile: needs {needs}.")
 
@@ -501,11 +511,8 @@ def table03(ctx: Context) -> Section:
 
 @generator("table15")
 def table15(ctx: Context) -> Section:
-    sub = ctx.scope(LLAMA)
-    if not sub.runs:
-        return _missing("table15", TITLES["table15"], NEEDS["table15"] + "; this profile's own ablation is Table 3")
-    return _ablation(sub, "table15", 15, ["config_as_printed", "target_task_inferred", "pct_masked", "metric",
-                                          "value_pct"])
+    return _paper_model(ctx, "table15", LLAMA, None, "Table 3", lambda sub: _ablation(
+        sub, "table15", 15, ["config_as_printed", "target_task_inferred", "pct_masked", "metric", "value_pct"]))
 
 
 @generator("table07")
@@ -600,10 +607,7 @@ def fig04(ctx: Context) -> Section:
 
 @generator("fig07")
 def fig07(ctx: Context) -> Section:
-    sub = ctx.scope(GEMMA2B, "mbpp")
-    if not sub.runs:
-        return _missing("fig07", TITLES["fig07"], NEEDS["fig07"] + "; this profile's own convergence plot is Figure 4")
-    return _convergence(sub, "fig07")
+    return _paper_model(ctx, "fig07", GEMMA2B, "mbpp", "Figure 4", lambda sub: _convergence(sub, "fig07"))
 
 
 @generator("fig13")
@@ -667,11 +671,9 @@ def table04(ctx: Context) -> Section:
 
 @generator("table16")
 def table16(ctx: Context) -> Section:
-    sub = ctx.scope(LLAMA, "mbpp")
-    if not sub.runs:
-        return _missing("table16", TITLES["table16"], NEEDS["table16"] + "; this profile's own comparison is Table 4")
-    return _variant_table(sub, "table16", "finetune", "Table 16: LoRA and DoRA with and without STM (Llama 3 8B)",
-                          ["finetuning", "method", "metric", "value_pct"])
+    return _paper_model(ctx, "table16", LLAMA, "mbpp", "Table 4", lambda sub: _variant_table(
+        sub, "table16", "finetune", "Table 16: LoRA and DoRA with and without STM (Llama 3 8B)",
+        ["finetuning", "method", "metric", "value_pct"]))
 
 
 @generator("table05")
@@ -872,10 +874,7 @@ def fig05(ctx: Context) -> Section:
 
 @generator("fig06")
 def fig06(ctx: Context) -> Section:
-    sub = ctx.scope(GEMMA2B, "math")
-    if not sub.runs:
-        return _missing("fig06", TITLES["fig06"], NEEDS["fig06"] + "; this profile's own tau sweep is Figure 5")
-    return _tau_panels(sub, "fig06")
+    return _paper_model(ctx, "fig06", GEMMA2B, "math", "Figure 5", lambda sub: _tau_panels(sub, "fig06"))
 
 
 @generator("table13")
@@ -990,9 +989,7 @@ def table14(ctx: Context) -> Section:
 
 @generator("table18")
 def table18(ctx: Context) -> Section:
-    if not ctx.scope(GEMMA2B).runs:
-        return _missing("table18", TITLES["table18"], NEEDS["table18"] + "; this profile's DPF comparison is Table 14")
-    return _dpf_table(ctx, "table18", GEMMA2B, 18)
+    return _paper_model(ctx, "table18", GEMMA2B, None, "Table 14", lambda _: _dpf_table(ctx, "table18", GEMMA2B, 18))
 
 
 @generator("table19")
@@ -1068,10 +1065,7 @@ def table20(ctx: Context) -> Section:
 
 @generator("table21")
 def table21(ctx: Context) -> Section:
-    sub = ctx.scope(GEMMA2B, "mbpp")
-    if not sub.runs:
-        return _missing("table21", TITLES["table21"], NEEDS["table21"] + "; this profile's ablation is Table 20")
-    return _correctness(sub, "table21", 21)
+    return _paper_model(ctx, "table21", GEMMA2B, "mbpp", "Table 20", lambda sub: _correctness(sub, "table21", 21))
 
 
 @generator("table06")
