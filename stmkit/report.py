@@ -7,6 +7,7 @@ sentence on whether the paper's claim holds here. A generator whose inputs the p
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable
@@ -40,6 +41,7 @@ class Context:
     root: Path
     profile: str
     runs: dict[str, dict[str, Any]]
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # see _per_context
 
     @classmethod
     def load(cls, root: Path, profile: str) -> Context:
@@ -302,6 +304,20 @@ def table17(ctx: Context) -> Section:
 # ---------------------------------------------------------------- fine-tuning and evaluation (sft / evaluate runs)
 
 
+def _per_context(fn: Callable[[Context], Any]) -> Callable[[Context], Any]:
+    """Compute once per Context what every generator reads (the run index, the merged evaluations, the profile):
+    generators call these helpers many times each, inside loops. Callers must not mutate the result."""
+
+    @functools.wraps(fn)
+    def once(ctx: Context) -> Any:
+        if fn.__name__ not in ctx.memo:
+            ctx.memo[fn.__name__] = fn(ctx)
+        return ctx.memo[fn.__name__]
+
+    return once
+
+
+@_per_context
 def _sft(ctx: Context) -> dict[str, dict[str, Any]]:
     """Training runs by name with what the report needs: label, method, share masked, ||ΔW||, losses."""
     out = {}
@@ -322,6 +338,7 @@ def _sft(ctx: Context) -> dict[str, dict[str, Any]]:
     return out
 
 
+@_per_context
 def _evals(ctx: Context) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(accuracy by label, transfer by training run, drift by training run, one evaluate record) over all
     evaluate runs of the profile."""
@@ -392,6 +409,7 @@ def _plain(info: dict[str, Any], tau: float = 2.5) -> bool:
             and not res.get("init_run") and res.get("correctness") is None)
 
 
+@_per_context
 def _defaults(ctx: Context) -> tuple[float | None, str]:
     """(learning rate, fine-tuning type) of the profile: the main setting that the ablation tables vary."""
     from .config import load_profile
@@ -721,9 +739,9 @@ def table08(ctx: Context) -> Section:
                      f"{'yes' if s_dw < float(others['delta_w'].min()) else 'no'} (STM {s_dw:.3f}, regularised "
                      f"{float(others['delta_w'].min()):.3f}-{float(others['delta_w'].max()):.3f})")
         if df["evaluated"].all():
-            s_int = _interval(_evals(ctx)[1].get(f"{name}/{stm['run'].iloc[0]}", {}), "bwt")
-            verdicts = {r: _compare(s_int, _interval(_evals(ctx)[1].get(f"{name}/{r}", {}), "bwt"))
-                        for r in others["run"]}
+            transfer = _evals(ctx)[1]
+            s_int = _interval(transfer.get(f"{name}/{stm['run'].iloc[0]}", {}), "bwt")
+            verdicts = {r: _compare(s_int, _interval(transfer.get(f"{name}/{r}", {}), "bwt")) for r in others["run"]}
             parts.append("STM forgets less than each regularised run (BWT): "
                          + "; ".join(f"{r}: {v}" for r, v in verdicts.items()))
         else:
