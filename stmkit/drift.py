@@ -32,6 +32,9 @@ from .cache import Cache, content_key
 
 DRIFT_VERSION = 1
 KL_CHUNK = 1024  # response positions per full-vocabulary log-softmax (bounds memory for 256k vocabularies)
+# The base pass is kept in memory for the next model up to this size (cpu-demo: ~1.2k answer tokens x 49k
+# vocabulary, ~0.3 GB); beyond it every model recomputes it (paper scale: 256k vocabularies).
+BASE_MEMO_BYTES = 1 << 30
 
 
 @dataclass
@@ -48,11 +51,16 @@ class DriftItem:
 
 @dataclass
 class DriftReference:
-    """The fixed prompts and the base model's answers that drift is measured on."""
+    """The fixed prompts and the base model's answers that drift is measured on.
+
+    base_memo: the base model's log-probabilities on these answers, kept in memory (up to BASE_MEMO_BYTES) once
+    computed, so drift of the next fine-tuned model against the same base object runs only the fine-tuned pass.
+    """
 
     items: list[DriftItem]
     key: str
     settings: dict[str, Any] = field(default_factory=dict)
+    base_memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def tasks(self) -> list[str]:
@@ -209,18 +217,38 @@ def _log_softmax(hidden: Any, head: Any, cap: float | None) -> Any:
     return torch.log_softmax(logits, dim=-1)
 
 
-def _token_stats(
-    finetuned: Any, base: Any | None, rows: Sequence[tuple[list[int], int]], pad_id: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per response token: KL(base || finetuned), NLL under base, NLL under finetuned (all rows concatenated)."""
-    import torch
-
+def _base_log_probs(
+    finetuned: Any, base: Any | None, rows: Sequence[tuple[list[int], int]], pad_id: int,
+    memo: dict[Any, Any] | None, memo_key: Any,
+) -> tuple[list[Any], Any]:
+    """The base model's log-softmax chunks at the rows' response positions, and the target tokens (memoised)."""
+    if memo is not None and base is not None:  # an explicit base object; the PEFT base view changes per model
+        hit = memo.get((id(base), memo_key))
+        if hit is not None and hit[0] is base:
+            return hit[1], hit[2]
     with base_view(finetuned, base) as b:
         h_base, targets, head_b, cap_b = _hidden_at(b, rows, pad_id)
         # The base head runs here, inside the view: a PEFT adapter on lm_head must be off for it too.
         lp_chunks = [
             _log_softmax(h_base[i : i + KL_CHUNK], head_b, cap_b) for i in range(0, len(h_base), KL_CHUNK)
         ]
+    if memo is not None and base is not None:
+        size = sum(c.numel() * c.element_size() for c in lp_chunks)
+        used = memo.get("_bytes", 0)
+        if used + size <= BASE_MEMO_BYTES:
+            memo[(id(base), memo_key)] = (base, lp_chunks, targets)  # holding base keeps its id from being reused
+            memo["_bytes"] = used + size
+    return lp_chunks, targets
+
+
+def _token_stats(
+    finetuned: Any, base: Any | None, rows: Sequence[tuple[list[int], int]], pad_id: int,
+    memo: dict[Any, Any] | None = None, memo_key: Any = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per response token: KL(base || finetuned), NLL under base, NLL under finetuned (all rows concatenated)."""
+    import torch
+
+    lp_chunks, targets = _base_log_probs(finetuned, base, rows, pad_id, memo, memo_key)
     h_ft, _, head_f, cap_f = _hidden_at(finetuned, rows, pad_id)
     kl, nll_b, nll_f = [], [], []
     for n, i in enumerate(range(0, len(h_ft), KL_CHUNK)):
@@ -243,6 +271,7 @@ def _per_row(
     max_tokens: int,
     progress: bool,
     desc: str,
+    memo: dict[Any, Any] | None = None,
 ) -> list[tuple[float, float, float]]:
     """(mean KL, mean NLL base, mean NLL finetuned) per row, in length-sorted batches."""
     import torch
@@ -254,7 +283,7 @@ def _per_row(
     batches = length_sorted_batches([len(r[0]) for r in rows], batch_size, max_tokens)
     with torch.inference_mode():
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            kl, nb, nf = _token_stats(finetuned, base, [rows[i] for i in batch], pad_id)
+            kl, nb, nf = _token_stats(finetuned, base, [rows[i] for i in batch], pad_id, memo, (desc, tuple(batch)))
             start = 0
             for i in batch:
                 n = len(rows[i][0]) - rows[i][1]
@@ -278,17 +307,42 @@ def measure_drift(
     n_resamples: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    fingerprint: str | None = None,
+    cache: Cache | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Drift of a fine-tuned model from its base on the reference answers, per task and overall ("all").
 
     Per task: kl (+ kl_low/kl_high, bootstrap over prompts), nll_base, nll_finetuned, delta_nll (on the base's
     answers), gold_nll_base, gold_nll_finetuned, delta_gold_nll, n_prompts, n_tokens. "all" averages the tasks
     with equal weight (as BWT does). KL and NLL in nats per token.
-    """
-    from .evaluation import bootstrap_ci
 
+    fingerprint: the fine-tuned model's (evaluation.trained_model gives it); with it the result is cached by that
+    fingerprint, the reference (which names the base) and the bootstrap settings, so a rerun costs nothing.
+    """
     if not reference.items:
         raise ValueError("the drift reference has no prompts; record it with reference_responses(...) first")
+    if fingerprint is None:
+        return _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples, seed,
+                        progress)
+    cache = cache or Cache()
+    key = content_key("drift", DRIFT_VERSION, model=fingerprint, reference=reference.key, n_resamples=n_resamples,
+                      seed=seed)
+    hit = cache.get("drift", key)
+    if hit is not None:
+        return json.loads((hit / "drift.json").read_text())
+    out = _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples, seed,
+                   progress)
+    with cache.put("drift", key, meta={"model": fingerprint, "reference": reference.key}) as tmp:
+        (tmp / "drift.json").write_text(json.dumps(out))
+    return out
+
+
+def _measure(
+    finetuned: Any, tokenizer: Any, reference: DriftReference, base: Any | None, batch_size: int,
+    max_tokens_per_batch: int, n_resamples: int, seed: int, progress: bool,
+) -> dict[str, dict[str, Any]]:
+    from .evaluation import bootstrap_ci
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = [m.training for m in (finetuned, base) if m is not None]
     for m in (finetuned, base):
@@ -302,7 +356,8 @@ def measure_drift(
                 f"drift prompts {empty[:5]} have an empty base answer; raise drift_max_new_tokens"
             )
         resp = _per_row(
-            finetuned, base, resp_rows, pad, batch_size, max_tokens_per_batch, progress, "drift: answers"
+            finetuned, base, resp_rows, pad, batch_size, max_tokens_per_batch, progress, "drift: answers",
+            reference.base_memo,
         )
         gold_items = [k for k, it in enumerate(reference.items) if it.gold_ids]
         gold_rows = [
@@ -310,7 +365,8 @@ def measure_drift(
             for k in gold_items
         ]
         gold = _per_row(
-            finetuned, base, gold_rows, pad, batch_size, max_tokens_per_batch, progress, "drift: gold"
+            finetuned, base, gold_rows, pad, batch_size, max_tokens_per_batch, progress, "drift: gold",
+            reference.base_memo,
         )
     finally:
         for m, flag in zip([m for m in (finetuned, base) if m is not None], was_training, strict=True):

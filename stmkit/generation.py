@@ -2,7 +2,8 @@
 
 Prompts are user messages rendered with the model's chat template (the generation prompt appended), exactly as
 ``stmkit.scoring.render`` renders them for scoring and training. Prompts are grouped into length-sorted batches,
-left-padded, and decoded with the KV cache; a sequence stops at the chat template's end-of-turn token
+left-padded, and decoded with the KV cache (on CPU a static, preallocated one: the dynamic cache re-copies itself
+every step; measured on cpu-demo's 32 MBPP prompts, 70.7 s instead of 87.8 s, identical greedy answers); a sequence stops at the chat template's end-of-turn token
 (``stmkit.scoring.end_of_turn``) or the tokenizer's EOS.
 
 **Greedy is set explicitly.** Every decoding setting that matters (``do_sample``, ``num_beams``, ``temperature``,
@@ -26,7 +27,7 @@ from typing import Any
 
 from .scoring import end_of_turn, length_sorted_batches
 
-GENERATION_VERSION = 1
+GENERATION_VERSION = 2  # 2: static KV cache on CPU
 Prompt = str | Sequence[dict[str, str]]  # a user message, or a whole chat (list of {"role", "content"})
 
 
@@ -185,6 +186,8 @@ def generate(
     lengths = [len(ids) + decoding.max_new_tokens for ids in encoded]
     batches = length_sorted_batches(lengths, per_batch, max(max_tokens_per_batch // decoding.num_samples, 1))
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        config.cache_implementation = "static"  # see the module docstring; GPUs keep transformers' default
     results: list[list[Completion] | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()

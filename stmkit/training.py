@@ -660,6 +660,7 @@ def _build(
         max_length=None,  # data are rendered and truncated already; None also disables TRL's silent filter
         packing=False,
         shuffle_dataset=False,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         remove_unused_columns=False,  # keep _row for the order record; the collator drops it
         dataset_num_proc=None,
         logging_steps=1,

@@ -110,3 +110,28 @@ def test_base_with_an_injected_adapter_is_refused(tiny, reference):
         drift.measure_drift(trained, tok, reference[0], base=trained.base_model.model, progress=False)
     with pytest.raises(ValueError, match="no base distribution"):
         drift.measure_drift(_perturbed(model), tok, reference[0], progress=False)
+
+
+def test_base_pass_is_memoised_and_results_cached_by_fingerprint(tiny, reference, tmp_path, monkeypatch):
+    model, tok = tiny
+    ref, _ = reference
+    fresh = drift.DriftReference(ref.items, ref.key, ref.settings)  # no memo yet
+    calls = []
+    real = drift._hidden_at
+    monkeypatch.setattr(drift, "_hidden_at", lambda m, *a: calls.append(m) or real(m, *a))
+    one, two = _perturbed(model, 0.01), _perturbed(model, 0.03)
+    first = drift.measure_drift(one, tok, fresh, base=model, n_resamples=20, progress=False)
+    n_first = len(calls)
+    drift.measure_drift(two, tok, fresh, base=model, n_resamples=20, progress=False)
+    assert sum(m is model for m in calls[n_first:]) == 0 and len(calls) - n_first == n_first // 2
+    # the memoised base pass gives the numbers a fresh one gives
+    again = drift.measure_drift(one, tok, drift.DriftReference(ref.items, ref.key, ref.settings), base=model,
+                                n_resamples=20, progress=False)
+    assert again == first
+    cache = Cache(tmp_path)
+    cached = drift.measure_drift(one, tok, fresh, base=model, n_resamples=20, progress=False, fingerprint="fp-one",
+                                 cache=cache)
+    n = len(calls)
+    assert drift.measure_drift(None, tok, fresh, base=model, n_resamples=20, progress=False, fingerprint="fp-one",
+                               cache=cache) == cached == first
+    assert len(calls) == n  # a cache hit runs no model

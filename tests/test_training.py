@@ -349,3 +349,16 @@ def test_two_ddp_ranks_give_the_same_update_as_one_process(tmp_path):
         torch.testing.assert_close(ddp[k], one[k], rtol=1e-4, atol=1e-5 * scale)
     record = json.loads((tmp_path / "ddp" / training.RESULT_FILE).read_text())["record"]
     assert record["world_size"] == 2 and record["examples_seen"] == 8 and record["distinct_examples_seen"] == 8
+
+
+def test_group_by_length_batches_similar_lengths_and_still_covers_every_row(tiny, cache):
+    _, tok = tiny
+    g = np.random.default_rng(3)
+    rows = _synthetic(g.integers(1, 60, 32).tolist())
+    lengths = [len(r["input_ids"]) for r in rows]
+    cfg = dataclasses.replace(BASE, optim="sgd", max_grad_norm=0.0, epochs=1)
+    padded = lambda order: sum(2 * max(lengths[i] for i in mb) for mb in order)  # noqa: E731
+    random_order = run(rows, cfg, cache, tok).order
+    grouped = run(rows, dataclasses.replace(cfg, group_by_length=True), cache, tok).order
+    assert sorted(r for mb in grouped for r in mb) == list(range(32))
+    assert padded(grouped) < 0.95 * padded(random_order), (padded(grouped), padded(random_order))
