@@ -717,7 +717,11 @@ def _regularization(ctx: Context) -> tuple[str, dict[str, Any], pd.DataFrame] | 
                       for lab in labels]
     df["drift_KL"] = [drift.get(lab, {}).get("all", {}).get("kl") for lab in labels]
     df["evaluated"] = [lab in acc for lab in labels]
-    return name, rec, df
+    # the paper's reading order first (config, ||ΔW||, TI/BWT, drift), then the training diagnostics
+    first = ["run", "method", "weight_decay", "dropout", "kl_coef", "delta_w", "TI_%", "TI_95CI", "BWT_%", "BWT_95CI",
+             "drift_KL"]
+    head = [c for c in first if c in df.columns]
+    return name, rec, df[head + [c for c in df.columns if c not in head]]
 
 
 @generator("table08")

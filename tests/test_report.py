@@ -137,6 +137,7 @@ def test_tables_pick_the_rows_they_compare(demo):
     assert set(t5["learning_rate"]) == {1e-3, 1e-4} and "sft-dora-gt" not in set(t5["run"])
     t8 = pd.read_csv(demo.root / "tables" / "table08_regularization.csv")
     assert list(t8["BWT_%"]) == [-15.0, -16.0]  # joined from the evaluation of "regularization/<label>"
+    assert list(t8.columns[:6]) == ["run", "method", "weight_decay", "dropout", "kl_coef", "delta_w"]
     t19 = pd.read_csv(demo.root / "tables" / "table19_continual.csv")
     assert list(t19.drop_duplicates("step")["run"]) == ["Original", "sft-math-stm", "sft-continual"]
     t20 = pd.read_csv(demo.root / "tables" / "table20_correctness.csv")
