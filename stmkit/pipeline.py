@@ -239,8 +239,30 @@ def execute(profile: str, run: RunSpec, key: str, root: Path) -> Outcome:
     return Outcome(run.name, "failed" if error else "done", seconds, str(final), error)
 
 
-def _timings_path(root: Path) -> Path:
+def timings_path(root: Path) -> Path:
+    """{run: seconds} of each run's last execution (what the progress estimate uses)."""
     return root / "pipeline_timings.json"
+
+
+def computed_timings_path(root: Path) -> Path:
+    """{run: seconds} of each run's last execution that made new cache artifacts, i.e. did its work rather than
+    reading it back: the figure the report and the README map quote, which a warm rerun does not overwrite."""
+    return root / "pipeline_timings_computed.json"
+
+
+def _cache_entries() -> set[str]:
+    """The artifact folders in the cache now (<stage>/<key>); a run that adds some computed them."""
+    from .cache import Cache
+
+    art = Cache().root
+    return {f"{s.name}/{k.name}" for s in art.iterdir() if s.is_dir() for k in s.iterdir()} if art.is_dir() else set()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def run_pipeline(
@@ -262,10 +284,8 @@ def run_pipeline(
             print(f"  [{state:10s}] {r.name} ({r.notebook}) feeds {', '.join(r.feeds) or '-'}")
             print(f"      {command_line(profile, r, keys[r.name], root)}")
         return 0
-    try:
-        history = json.loads(_timings_path(root).read_text())
-    except (OSError, json.JSONDecodeError):
-        history = {}
+    history = read_json(timings_path(root))
+    computed = read_json(computed_timings_path(root))
     outcomes: list[Outcome] = []
     failed: set[str] = set()
     t_start = time.perf_counter()
@@ -286,6 +306,7 @@ def run_pipeline(
             eta = sum(history.get(x.name, fallback) for x in remaining)
             print(f"[{i}/{len(runs)}] {r.name} ({r.notebook}) elapsed {_fmt(time.perf_counter() - t_start)}, "
                   f"~{_fmt(eta)} left", flush=True)
+            before = _cache_entries()
             out = execute(profile, r, keys[r.name], root)
             outcomes.append(out)
             if out.status == "failed":
@@ -293,7 +314,10 @@ def run_pipeline(
                 print(f"    FAILED after {_fmt(out.seconds)}: {out.error}\n    see {out.notebook}", flush=True)
             else:
                 history[r.name] = round(out.seconds, 1)
-                atomic_write_json(_timings_path(root), history)
+                atomic_write_json(timings_path(root), history)
+                if _cache_entries() - before:
+                    computed[r.name] = round(out.seconds, 1)
+                    atomic_write_json(computed_timings_path(root), computed)
                 print(f"    done in {_fmt(out.seconds)}", flush=True)
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are kept; rerun the same command to complete the rest", flush=True)

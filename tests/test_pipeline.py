@@ -117,6 +117,15 @@ def test_smoke_reproduce_then_rerun_executes_nothing(tmp_path):
     again = _reproduce(tmp_path)
     assert again.returncode == 0 and "0 executed" in again.stdout
     assert _markers(tmp_path) == before
+    # A run re-executed from the cache updates its last wall time, not the time it took to compute its artifacts.
+    last, computed = (json.loads((tmp_path / f).read_text())
+                      for f in ("pipeline_timings.json", "pipeline_timings_computed.json"))
+    assert "figures" in last and "figures" not in computed  # the figures notebook caches nothing
+    (tmp_path / "runs" / "sft-gt" / "run.json").unlink()
+    (tmp_path / "runs" / "figures" / "run.json").unlink()
+    rerun = _reproduce(tmp_path, "--only", "table07")
+    assert rerun.returncode == 0 and "sft-gt" in rerun.stdout, rerun.stdout + rerun.stderr
+    assert json.loads((tmp_path / "pipeline_timings_computed.json").read_text()) == computed
 
 
 @pytest.mark.slow
