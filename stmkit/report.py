@@ -884,8 +884,11 @@ def _tau_panels(ctx: Context, ident: str) -> Section:
     files += _rel(ctx, save_table(df, f"{ident}_tau_sweep", ctx.tables_dir, f"Figure {int(ident[3:])} data (kit)."))
     rec = next(iter(ctx.by_stage("evaluate").values()))
     spread = df.groupby("task")["accuracy"].agg(lambda a: a.max() - a.min())
+    # a task whose intervals do not all share a point has a change the sweep can tell from item noise
+    apart = [t for t, g in df.groupby("task") if g["ci_low"].max() > g["ci_high"].min()]
     claim = ("Accuracy against the share of masked tokens (error bars: 95% bootstrap CIs over items). Largest change "
-             f"across the sweep: {spread.idxmax()} {spread.max():.3f}; at this scale read the error bars first.")
+             f"across the sweep: {spread.idxmax()} {spread.max():.3f}. Tasks whose intervals do not all overlap: "
+             f"{', '.join(apart) if apart else 'none (no change distinguishable from noise)'}.")
     return Section(ident, title, "made", f"Kit: {ctx.scale(rec)}; {df['run'].nunique()} runs.", files, claim)
 
 
