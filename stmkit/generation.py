@@ -158,12 +158,16 @@ def generate(
     max_tokens_per_batch: int = 32768,
     progress: bool = True,
     desc: str = "generating",
+    kv_cache: str = "auto",
 ) -> list[list[Completion]]:
     """Completions for each prompt (decoding.num_samples each), in input order; greedy unless decoding samples.
 
     Batches hold at most batch_size sequences (prompts x samples) and max_tokens_per_batch padded tokens
     (prompt + max_new_tokens), longest prompts first, so an out-of-memory error shows up in the first batch.
+    kv_cache: "auto" (static on CPU, transformers' default elsewhere), "static" or "dynamic".
     """
+    if kv_cache not in ("auto", "static", "dynamic"):
+        raise ValueError(f"kv_cache={kv_cache!r} must be 'auto', 'static' or 'dynamic'")
     decoding = decoding or Decoding()
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of prompts, not a single string; wrap it: [prompt]")
@@ -186,7 +190,7 @@ def generate(
     lengths = [len(ids) + decoding.max_new_tokens for ids in encoded]
     batches = length_sorted_batches(lengths, per_batch, max(max_tokens_per_batch // decoding.num_samples, 1))
     device = next(model.parameters()).device
-    if device.type == "cpu":
+    if kv_cache == "static" or (kv_cache == "auto" and device.type == "cpu"):
         config.cache_implementation = "static"  # see the module docstring; GPUs keep transformers' default
     results: list[list[Completion] | None] = [None] * len(prompts)
     was_training = model.training

@@ -109,3 +109,12 @@ def test_a_bare_string_is_refused(tiny):
     model, tok = tiny
     with pytest.raises(TypeError, match="wrap it"):
         generate(model, tok, "Say hi.")
+
+
+def test_static_and_dynamic_kv_cache_give_the_same_greedy_answers(tiny, prompts):
+    model, tok = tiny
+    static = generate(model, tok, prompts, greedy(24), batch_size=8, progress=False, kv_cache="static")
+    dynamic = generate(model, tok, prompts, greedy(24), batch_size=8, progress=False, kv_cache="dynamic")
+    assert [c[0].token_ids for c in static] == [c[0].token_ids for c in dynamic]
+    with pytest.raises(ValueError, match="kv_cache='paged'"):
+        generate(model, tok, prompts, greedy(4), progress=False, kv_cache="paged")
