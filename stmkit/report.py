@@ -1288,8 +1288,9 @@ def write_report(ctx: Context, sections: list[Section]) -> tuple[Path, Path]:
         total = sum(float(v) for n, v in wall.items() if n in runs)
         cold = sum(float(computed.get(n, wall.get(n, 0.0))) for n in runs)
         if total:
-            lines += ["", f"Total notebook wall time, computing (runs that made no artifacts at their last execution): "
-                      f"{cold:.0f} s ({cold / 60:.1f} min); of the last executions: {total:.0f} s ({total / 60:.1f} min)."]
+            lines += ["", f"Total notebook wall time when computed (a run that never made artifacts counts at its last "
+                      f"execution): {cold:.0f} s ({cold / 60:.1f} min); of the last executions: {total:.0f} s "
+                      f"({total / 60:.1f} min)."]
     for s in sections:
         lines += ["", f'<a id="{s.id}"></a>', f"## {s.title}", "", f"Status: **{s.status}**.", ""]
         if s.claim:
