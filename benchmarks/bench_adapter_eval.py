@@ -7,10 +7,10 @@ same greedy answers (checked). Goal: merged >= 1.2x items/s on the embedded Smol
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 
+from benchmarks import sandwich, timed
 from stmkit.cache import Cache
 from stmkit.evaluation import evaluate_task, trained_model
 from stmkit.models import load_model
@@ -37,23 +37,16 @@ def run() -> dict:
     items = load("gsm8k", "test", N_ITEMS)
     adapter = _random_adapter(model, tempfile.mkdtemp(prefix="stmkit-bench-adapter-"))
     cache = Cache(tempfile.mkdtemp(prefix="stmkit-bench-"))
-    wall, cpu, answers = {}, {}, {}
-    for arm, merge in (("unmerged", False), ("merged", True), ("unmerged_again", False)):
-        with trained_model(model, {"adapter_dir": adapter}, "bench-base", merge=merge) as (m, _, _):
-            w0, c0 = time.perf_counter(), time.process_time()
-            res = evaluate_task(m, tok, "gsm8k", items, "generate", fingerprint=f"bench-{arm}-{time.time_ns()}",
-                                max_new_tokens=MAX_NEW_TOKENS, batch_size=N_ITEMS, cache=cache, progress=False)
-            wall[arm], cpu[arm] = time.perf_counter() - w0, time.process_time() - c0
-            answers[arm] = [r["generated"] for r in res.records]
-    # the unmerged arm runs twice (before and after) so that warm-up or load drift cannot favour the merged one
-    base_wall, base_cpu = min(wall["unmerged"], wall["unmerged_again"]), min(cpu["unmerged"], cpu["unmerged_again"])
+
+    def measure(arm: str):
+        with trained_model(model, {"adapter_dir": adapter}, "bench-base", merge=arm == "merged") as (m, _, _):
+            return timed(lambda: [r["generated"] for r in evaluate_task(
+                m, tok, "gsm8k", items, "generate", fingerprint=f"bench-{arm}-{time.time_ns()}",
+                max_new_tokens=MAX_NEW_TOKENS, batch_size=N_ITEMS, cache=cache, progress=False).records])
+
+    timing, answers = sandwich(measure, "unmerged", "merged")
     same = sum(a.strip() == b.strip() for a, b in zip(answers["merged"], answers["unmerged"], strict=True))
-    res = {
-        "items": N_ITEMS, "max_new_tokens": MAX_NEW_TOKENS,
-        "seconds_wall": wall, "seconds_cpu": cpu,
-        "ratio_wall": base_wall / wall["merged"], "ratio_cpu_time": base_cpu / cpu["merged"],
-        "same_answers": f"{same}/{N_ITEMS}", "load_average_1min": os.getloadavg()[0],
-    }  # fmt: skip
+    res = {"items": N_ITEMS, "max_new_tokens": MAX_NEW_TOKENS, **timing, "same_answers": f"{same}/{N_ITEMS}"}
     res["goals"] = {">=1.2x merged vs unmerged (CPU time)": res["ratio_cpu_time"] >= 1.2}
     print(f"   merged vs unmerged: {res['ratio_wall']:.2f}x wall, {res['ratio_cpu_time']:.2f}x CPU time "
           f"(goal >= 1.2); same answers {res['same_answers']}")

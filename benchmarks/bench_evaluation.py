@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks import timed
 from stmkit.cache import Cache
 from stmkit.evaluation import evaluate_task
 from stmkit.models import load_model
@@ -64,12 +65,6 @@ def run() -> dict:
     gen_items = load("gsm8k", "test", N_GENERATE)
     ll_items = load("arc_easy", "test", N_LOGLIK)
     cache = Cache(tempfile.mkdtemp(prefix="stmkit-bench-"))  # a fresh cache: nothing may come from a hit
-
-    def timed(fn):
-        """(wall seconds, CPU seconds of this process, result)."""
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        return time.perf_counter() - w0, time.process_time() - c0, out
 
     def batched(task, items, mode):
         return lambda: evaluate_task(

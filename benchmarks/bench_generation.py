@@ -8,9 +8,7 @@ Goal: static >= 1.1x prompts/s on the embedded SmolLM2 (fp32, CPU), CPU time; an
 
 from __future__ import annotations
 
-import os
-import time
-
+from benchmarks import sandwich, timed
 from stmkit import generation
 from stmkit.models import load_model
 from stmkit.tasks import load
@@ -22,22 +20,15 @@ MAX_NEW_TOKENS = 96
 def run() -> dict:
     model, tok = load_model("smollm2-135m-instruct")
     prompts = [e.prompt for e in load("mbpp", "test", N_PROMPTS)]
-    wall, cpu, answers = {}, {}, {}
-    # the dynamic arm runs twice (before and after) so that warm-up or load drift cannot favour the static one
-    for arm in ("dynamic", "static", "dynamic_again"):
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = generation.generate(model, tok, prompts, generation.greedy(MAX_NEW_TOKENS), batch_size=N_PROMPTS,
-                                  progress=False, kv_cache=arm.removesuffix("_again"))
-        wall[arm], cpu[arm] = time.perf_counter() - w0, time.process_time() - c0
-        answers[arm] = [c[0].token_ids for c in out]
-    base_wall, base_cpu = min(wall["dynamic"], wall["dynamic_again"]), min(cpu["dynamic"], cpu["dynamic_again"])
+
+    def measure(arm: str):
+        return timed(lambda: [c[0].token_ids for c in generation.generate(
+            model, tok, prompts, generation.greedy(MAX_NEW_TOKENS), batch_size=N_PROMPTS, progress=False,
+            kv_cache=arm)])
+
+    timing, answers = sandwich(measure, "dynamic", "static")
     same = sum(a == b for a, b in zip(answers["static"], answers["dynamic"], strict=True))
-    res = {
-        "prompts": N_PROMPTS, "max_new_tokens": MAX_NEW_TOKENS,
-        "seconds_wall": wall, "seconds_cpu": cpu,
-        "ratio_wall": base_wall / wall["static"], "ratio_cpu_time": base_cpu / cpu["static"],
-        "same_answers": f"{same}/{N_PROMPTS}", "load_average_1min": os.getloadavg()[0],
-    }  # fmt: skip
+    res = {"prompts": N_PROMPTS, "max_new_tokens": MAX_NEW_TOKENS, **timing, "same_answers": f"{same}/{N_PROMPTS}"}
     res["goals"] = {
         ">=1.1x static vs dynamic cache (CPU time)": res["ratio_cpu_time"] >= 1.1,
         "identical greedy answers": same == N_PROMPTS,

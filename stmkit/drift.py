@@ -222,17 +222,16 @@ def _base_log_probs(
     memo: dict[Any, Any] | None, memo_key: Any,
 ) -> tuple[list[Any], Any]:
     """The base model's log-softmax chunks at the rows' response positions, and the target tokens (memoised)."""
-    if memo is not None and base is not None:  # an explicit base object; the PEFT base view changes per model
-        hit = memo.get((id(base), memo_key))
-        if hit is not None and hit[0] is base:
-            return hit[1], hit[2]
+    use_memo = memo is not None and base is not None  # an explicit base object; the PEFT base view changes per model
+    if use_memo and (id(base), memo_key) in memo:
+        return memo[(id(base), memo_key)][1:]
     with base_view(finetuned, base) as b:
         h_base, targets, head_b, cap_b = _hidden_at(b, rows, pad_id)
         # The base head runs here, inside the view: a PEFT adapter on lm_head must be off for it too.
         lp_chunks = [
             _log_softmax(h_base[i : i + KL_CHUNK], head_b, cap_b) for i in range(0, len(h_base), KL_CHUNK)
         ]
-    if memo is not None and base is not None:
+    if use_memo:
         size = sum(c.numel() * c.element_size() for c in lp_chunks)
         used = memo.get("_bytes", 0)
         if used + size <= BASE_MEMO_BYTES:

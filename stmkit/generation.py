@@ -3,7 +3,8 @@
 Prompts are user messages rendered with the model's chat template (the generation prompt appended), exactly as
 ``stmkit.scoring.render`` renders them for scoring and training. Prompts are grouped into length-sorted batches,
 left-padded, and decoded with the KV cache (on CPU a static, preallocated one: the dynamic cache re-copies itself
-every step; measured on cpu-demo's 32 MBPP prompts, 70.7 s instead of 87.8 s, identical greedy answers); a sequence stops at the chat template's end-of-turn token
+every step; measured on cpu-demo's 32 MBPP prompts, 70.7 s instead of 87.8 s, identical greedy answers; see
+``benchmarks/bench_generation.py``); a sequence stops at the chat template's end-of-turn token
 (``stmkit.scoring.end_of_turn``) or the tokenizer's EOS.
 
 **Greedy is set explicitly.** Every decoding setting that matters (``do_sample``, ``num_beams``, ``temperature``,
