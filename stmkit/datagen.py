@@ -73,11 +73,10 @@ def check_answers(task: str, examples: Sequence[Example], answers: Sequence[str]
     from .tasks.answers import extract_code, extract_gsm8k, extract_math_answer, gsm8k_equal, math_equal
 
     if task == "mbpp":
-        from .sandbox import build_program, run_many
+        from .sandbox import check_many
 
-        programs = [build_program(extract_code(a), list(ex.tests), ex.setup) for ex, a in zip(examples, answers,
-                                                                                                 strict=True)]
-        return [r.passed for r in run_many(programs, timeout_s=timeout_s)]
+        programs = [(extract_code(a), list(ex.tests), ex.setup) for ex, a in zip(examples, answers, strict=True)]
+        return [r.passed for r in check_many(programs, timeout_s=timeout_s)]
     if task == "math":
         out = []
         for ex, a in zip(examples, answers, strict=True):

@@ -235,7 +235,7 @@ def load_metric(name: str, **kwargs: Any) -> Any:
 #               keeps the per-character-normalised choice, pred_index_norm).
 # A task spec in a task list may name the mode: "arc_challenge:loglik"; without one the task's default applies.
 
-EVAL_VERSION = 1
+EVAL_VERSION = 2  # 2: MBPP pass@1 needs the sandbox's proof that every test ran (early exits are wrong)
 MODES = ("generate", "loglik")
 
 

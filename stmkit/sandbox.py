@@ -11,6 +11,15 @@ How one run is contained (every layer that the OS allows is used; ``isolation_re
   ``_GRACE_S`` later as a backstop. Output beyond ``max_output_bytes`` (stdout + stderr) also kills the group
   (status ``output_limit``).
 - **Filesystem**: a fresh temporary working directory (also ``HOME``), deleted afterwards.
+- **Private scratch** (model-written code only): a new mount namespace in which ``/tmp``, ``/var/tmp`` and
+  ``/dev/shm`` are one size-limited tmpfs (``scratch_mb``) holding the working directory too, so everything the code
+  writes counts against that limit and vanishes with the namespace. Where no mount namespace can be made, files
+  that uid ``nobody`` left in those folders during the run are removed afterwards (``scratch_sweep``).
+- **Completion proof** (``check_program``): setup, code and each test run as separate compiled units under a small
+  driver; the run passes only when the driver, after the last test statement, writes a per-run random token
+  (sent on a pipe and held only in the driver's locals) to a verdict pipe. Any way of leaving early --
+  ``sys.exit``/``exit()``/``quit()``/``raise SystemExit``, ``os._exit``, signals, exit hooks, replaced hooks or
+  builtins -- leaves no token and fails with its cause recorded (status ``early_exit``).
 - **Privileges**: when the kit runs as root (``RLIMIT_NPROC`` does not bind root), the user code runs as
   ``nobody`` (uid/gid 65534, no supplementary groups), so it cannot write outside its own directory and
   world-writable places, cannot signal or read the kit's processes, and the process cap binds.
@@ -38,10 +47,12 @@ only reads (no ATTACH, DETACH, PRAGMA, writes or schema changes, no ``load_exten
 limit, and a row cap.
 
 Layer names in ``SandboxResult.isolation``: rlimit_cpu, rlimit_as, rlimit_fsize, rlimit_core, rlimit_nproc,
-wall_timer, netns, pidns, userns, uid_65534, socket_guard, subreaper_sweep.
+wall_timer, netns, pidns, userns, mountns, scratch_tmpfs, scratch_sweep, uid_65534, socket_guard, subreaper_sweep.
 
-Not covered: files the code leaves in world-writable places (``/tmp``, ``/dev/shm``) outlive the run (no mount
-namespace). Without a PID namespace, ``kill(-1, ...)`` reaches every process of uid nobody (or of the kit's user
+Not covered: without a mount namespace and without root, files the code leaves in world-writable places outlive the
+run. The completion proof stops ordinary code; code written to dig the token out of the driver's frame or file
+descriptors can still forge a pass, and a test can be fooled by a returned object whose ``__eq__`` always says
+True (as in every assert-based checker, HumanEval's included). Without a PID namespace, ``kill(-1, ...)`` reaches every process of uid nobody (or of the kit's user
 when not root), and if the parent's backstop has to kill the launcher itself, descendants that left the process
 group survive it.
 Without root, the code runs as the kit's own user (in a user namespace where possible) and can read and write
@@ -50,9 +61,11 @@ whatever that user can.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -61,6 +74,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +83,8 @@ from typing import Any
 NOBODY = 65534
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 WORKDIR_PREFIX = "stmkit-sbx-"
-STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "killed")
+STATUSES = ("ok", "error", "early_exit", "timeout", "memory", "output_limit", "killed")
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 SQL_STATUSES = ("ok", "error", "timeout", "row_cap")
 
 _GRACE_S = 2.0  # extra wall time the parent allows the launcher to stop the code and report
@@ -88,10 +103,11 @@ class SandboxResult:
     stderr: str
     wall_s: float
     isolation: tuple[str, ...] = ()  # layers that were active for this run (see isolation_report)
+    cause: str = ""  # why it did not pass, in words (check_program: which statement stopped it, or how it left)
 
     @property
     def passed(self) -> bool:
-        """True iff the program exited 0 within its limits."""
+        """True iff the program ran within its limits: exit 0, and for check_program every test proven run."""
         return self.status == "ok"
 
 
@@ -142,8 +158,59 @@ limit(resource.RLIMIT_AS, cfg["memory_bytes"], cfg["memory_bytes"])
 limit(resource.RLIMIT_FSIZE, cfg["file_bytes"], cfg["file_bytes"])
 layers += ["rlimit_cpu", "rlimit_as", "rlimit_fsize", "rlimit_core", "wall_timer"]
 
+def map_ids(uid, gid):
+    # In a new user namespace files can only be created under mapped ids: map our own uid/gid onto themselves.
+    try:
+        for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)), ("gid_map", "%d %d 1" % (gid, gid))):
+            with open("/proc/self/" + name, "w") as f:
+                f.write(text)
+    except OSError:
+        pass
+
+def make_scratch():
+    # One size-limited tmpfs over /tmp, and its subfolders bound over /var/tmp and /dev/shm, in a mount namespace
+    # of our own: what the code writes there (its working directory included) counts against scratch_mb and is
+    # gone when the namespace is.
+    MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+    if libc.unshare(0x00020000) != 0:
+        return
+    layers.append("mountns")
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return
+    # A folder that holds the code's interpreter must stay visible.
+    dirs = [d for d in cfg["scratch_dirs"] if os.path.isdir(d) and not os.path.islink(d)
+            and not cfg["interpreter"].startswith(d.rstrip("/") + "/")]
+    if not dirs:
+        return
+    work = cfg["workdir"]
+    saved = {}
+    for name in os.listdir(work):
+        with open(os.path.join(work, name), "rb") as f:
+            saved[name] = f.read()
+    host = dirs[0]
+    opts = ("size=%dm,mode=1777" % cfg["scratch_mb"]).encode()
+    if libc.mount(b"tmpfs", host.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
+        return
+    for d in dirs[1:]:
+        sub = os.path.join(host, ".stmkit" + d.replace("/", "-"))
+        os.mkdir(sub)
+        os.chmod(sub, 0o1777)
+        if libc.mount(sub.encode(), d.encode(), None, MS_BIND, None) != 0:
+            return
+    if any(work.startswith(d.rstrip("/") + "/") for d in dirs):
+        os.makedirs(work, mode=0o700)
+        for name, data in saved.items():
+            with open(os.path.join(work, name), "wb") as f:
+                f.write(data)
+        if cfg["drop_to"] is not None and is_root:
+            for path in [work] + [os.path.join(work, n) for n in saved]:
+                os.chown(path, cfg["drop_to"], cfg["drop_to"])
+        os.chdir(work)
+    layers.append("scratch_tmpfs")
+
 if cfg["namespaces"]:
     NEWNET, NEWPID, NEWUSER = 0x40000000, 0x20000000, 0x10000000
+    uid, gid = os.getuid(), os.getgid()
     if is_root:
         if libc.unshare(NEWNET) == 0:
             layers.append("netns")
@@ -151,8 +218,12 @@ if cfg["namespaces"]:
             layers.append("pidns")
     elif libc.unshare(NEWUSER | NEWNET | NEWPID) == 0:
         layers += ["userns", "netns", "pidns"]
+        map_ids(uid, gid)
     elif libc.unshare(NEWUSER | NEWNET) == 0:
         layers += ["userns", "netns"]
+        map_ids(uid, gid)
+    if cfg["scratch_mb"] is not None:
+        make_scratch()
 if "netns" not in layers:
     layers.append("socket_guard")
 if "pidns" not in layers:
@@ -242,9 +313,9 @@ if "pidns" in layers:
 supervise(False)
 """
 
-# Preamble for the fallback layer: refuse Internet sockets, then run the program as __main__.
-_GUARD = r"""
-import socket as _socket, sys as _sys, runpy as _runpy
+# Preamble for the fallback layer: refuse Internet sockets. Runs before the program (or the check driver).
+_SOCKET_GUARD = r"""
+import socket as _socket
 def _refuse(*a, **k):
     raise OSError("network access is disabled in the stmkit sandbox")
 class _GuardedSocket(_socket.socket):
@@ -257,12 +328,94 @@ _socket.SocketType = _GuardedSocket
 _socket.create_connection = _refuse
 _socket.getaddrinfo = _refuse
 _socket.create_server = _refuse
+del _socket, _refuse, _GuardedSocket
+"""
+
+_RUN_MAIN = r"""
+import sys as _sys, runpy as _runpy
 _path = _sys.argv[1]
 _sys.argv = _sys.argv[1:]
 _runpy.run_path(_path, run_name="__main__")
 """
 
+# The check driver: `python -u -c _CHECK_DRIVER check.json TOKEN_FD VERDICT_FD`. Every unit (setup, code, each test)
+# is compiled before any of them runs, and everything the driver calls afterwards is bound to its own locals first,
+# so code that replaces builtins, os.write, exec, hooks or tracers cannot make it skip a test. The token comes on a
+# pipe that is closed before the code runs and lives only in this function's locals; it is written, prefixed to the
+# final record, only after the last test returned. Every record carries the token, so the code cannot forge one.
+_CHECK_DRIVER = r"""
+def _stmkit_check():
+    import json, os, sys, traceback, types
+    write, exit_now, getpid, dumps = os.write, os._exit, os.getpid, json.dumps
+    settrace, setprofile, print_exc, run = sys.settrace, sys.setprofile, traceback.print_exc, exec
+    token_fd, verdict_fd = int(sys.argv[2]), int(sys.argv[3])
+    token = os.read(token_fd, 128).strip()
+    os.close(token_fd)
+    with open(sys.argv[1], encoding="utf-8") as f:
+        spec = json.load(f)
+
+    def record(**msg):
+        write(verdict_fd, token + b" " + dumps(msg).encode() + b"\n")
+
+    units, where = [], "the code"
+    try:
+        if spec["setup"].strip():
+            where = "the setup code"
+            units.append((where, compile(spec["setup"], "<setup>", "exec")))
+        where = "the code"
+        units.append((where, compile(spec["code"], "main.py", "exec")))
+        for i, test in enumerate(spec["tests"], 1):
+            where = "test %d" % i
+            units.append((where, compile(test, "<test %d>" % i, "exec")))
+    except SyntaxError as e:
+        print_exc()
+        record(stopped=where, exc="SyntaxError", detail=str(e)[:300])
+        exit_now(1)
+    units, expected, pid = tuple(units), len(units), getpid()
+    module = types.ModuleType("__main__")
+    module.__file__ = "main.py"
+    sys.modules["__main__"] = module
+    sys.argv[:] = ["main.py"]
+    namespace = module.__dict__
+    del spec, f, module
+    done = 0
+    try:
+        for where, unit in units:
+            record(started=where)
+            settrace(None)
+            setprofile(None)
+            run(unit, namespace)
+            done += 1
+    except BaseException as e:
+        try:
+            print_exc()
+        except BaseException:
+            pass
+        try:
+            name, detail = type(e).__name__, str(e)[:300]
+        except BaseException:
+            name, detail = "BaseException", ""
+        record(stopped=where, exc=name, detail=detail)
+        exit_now(1)
+    if done == expected and getpid() == pid:
+        record(done=done)
+        exit_now(0)
+    exit_now(1)
+
+_stmkit_check()
+"""
+
 _PY_FLAGS = ("-s", "-P", "-B")  # -I without -E: our own env is already clean and PYTHONHASHSEED must apply
+_EARLY_EXCEPTIONS = ("SystemExit", "KeyboardInterrupt", "GeneratorExit")
+
+
+@dataclass(frozen=True)
+class _Check:
+    """A program to run under the check driver: setup, candidate code and its tests as separate units."""
+
+    setup: str
+    code: str
+    tests: tuple[str, ...]
 
 
 def _child_env(workdir: str) -> dict[str, str]:
@@ -302,6 +455,27 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=onerror)
 
 
+def _sweep_scratch(owner: int, since: float) -> None:
+    """Fallback without a private scratch: remove what `owner` created in the shared scratch folders since `since`."""
+    for folder in SCRATCH_DIRS:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_uid != owner or st.st_ctime < since - 1:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                _remove_tree(entry.path)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
 def _exited(pid: int) -> bool:
     """True once the process has exited, without reaping it (so its process-group id stays reserved)."""
     try:
@@ -318,7 +492,7 @@ def _kill_group(pgid: int) -> None:
 
 
 def _execute(
-    code: str,
+    program: str | _Check,
     *,
     interpreter: str,
     flags: tuple[str, ...],
@@ -330,21 +504,49 @@ def _execute(
     stdin: str,
     max_processes: int,
     max_file_mb: int,
+    scratch_mb: int | None,
 ) -> SandboxResult:
-    """Run `code` with `interpreter` under every available layer; the core of run_python and run_sql."""
+    """Run a program (source text, or a _Check under the check driver) with `interpreter` under every layer."""
     if timeout_s <= 0:
         raise ValueError(f"timeout_s={timeout_s!r} must be > 0")
     if memory_mb <= 0 or max_output_bytes <= 0 or max_processes <= 0:
         raise ValueError("memory_mb, max_output_bytes and max_processes must be > 0")
+    if scratch_mb is not None and scratch_mb <= 0:
+        raise ValueError(f"scratch_mb={scratch_mb!r} must be > 0")
     owner = NOBODY if (drop_privileges and os.geteuid() == 0) else None
     workdir = _make_workdir(owner)
+    pipes: list[int] = []
     status_r, status_w = os.pipe()
+    pipes += [status_r, status_w]
+    token, verdict_r = b"", -1
     proc = None
     start = time.monotonic()
+    started_at = time.time()
     try:
-        path = os.path.join(workdir, "main.py")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(code)
+        if isinstance(program, _Check):
+            token = secrets.token_hex(16).encode()
+            token_r, token_w = os.pipe()
+            verdict_r, verdict_w = os.pipe()
+            pipes += [token_r, verdict_r, verdict_w]
+            os.write(token_w, token + b"\n")
+            os.close(token_w)
+            path = os.path.join(workdir, "check.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump({"setup": program.setup, "code": program.code, "tests": list(program.tests)}, f)
+            tail = [path, str(token_r), str(verdict_w)]
+            flags = (*flags, "-u")  # unbuffered: the driver leaves with os._exit, which flushes nothing
+            argv = [interpreter, *flags, "-c", _CHECK_DRIVER, *tail]
+            argv_guarded = [interpreter, *flags, "-c", _SOCKET_GUARD + _CHECK_DRIVER, *tail]
+            child_fds: tuple[int, ...] = (status_w, token_r, verdict_w)
+        else:
+            path = os.path.join(workdir, "main.py")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(program)
+            argv = [interpreter, *flags, path]
+            argv_guarded = [interpreter, *flags, "-c", _SOCKET_GUARD + _RUN_MAIN, path]
+            child_fds = (status_w,)
+        if owner is not None:
+            os.chown(path, owner, owner)
         env = _child_env(workdir)
         cfg = {
             "status_fd": status_w,
@@ -356,8 +558,12 @@ def _execute(
             "namespaces": bool(USE_NAMESPACES),
             "drop_to": owner,
             "env": env,
-            "argv": [interpreter, *flags, path],
-            "argv_guarded": [interpreter, *flags, "-c", _GUARD, path],
+            "argv": argv,
+            "argv_guarded": argv_guarded,
+            "workdir": workdir,
+            "interpreter": os.path.realpath(interpreter),
+            "scratch_mb": scratch_mb,
+            "scratch_dirs": list(SCRATCH_DIRS),
         }
         with tempfile.TemporaryFile() as stdin_file:
             stdin_file.write(stdin.encode())
@@ -370,33 +576,40 @@ def _execute(
                 cwd=workdir,
                 env=env,
                 close_fds=True,
-                pass_fds=(status_w,),
+                pass_fds=child_fds,
                 start_new_session=True,
             )
-        os.close(status_w)
-        status_w = -1
+        for fd in child_fds:  # only the child holds these now: EOF on them means it is gone
+            os.close(fd)
+            pipes.remove(fd)
         # The launcher stops the code at timeout_s itself; the parent's deadline is the backstop.
         out, err, outcome = _collect(proc, start + timeout_s + _GRACE_S, max_output_bytes)
         returncode = proc.wait()
         wall = time.monotonic() - start
-        report = _read_status(status_r)
+        report = _merge_records(_read_pipe(status_r))
+        verdict = _verdict_records(_read_pipe(verdict_r), token) if token else None
     finally:
         if proc is not None and proc.returncode is None:  # an exception on the way: leave nothing behind
             _kill_group(proc.pid)
             proc.wait()
-        for fd in (status_r, status_w):
-            if fd >= 0:
-                os.close(fd)
+        for fd in pipes:
+            os.close(fd)
         _remove_tree(workdir)
+    layers = tuple(report.get("layers", ()))
+    if owner is not None and scratch_mb is not None and "scratch_tmpfs" not in layers:
+        _sweep_scratch(owner, started_at)
+        layers += ("scratch_sweep",)
     if "exit" in report:
         returncode = report["exit"]
     if report.get("timed_out"):
         outcome = outcome or "timeout"
     stdout = out.decode("utf-8", "replace")
     stderr = err.decode("utf-8", "replace")
-    status = outcome or _classify(returncode, stderr)
-    layers = tuple(report.get("layers", ()))
-    return SandboxResult(status, returncode, stdout, stderr, round(wall, 4), layers)
+    if verdict is None:
+        status, cause = outcome or _classify(returncode, stderr), ""
+    else:
+        status, cause = _judge_check(outcome, returncode, stderr, verdict)
+    return SandboxResult(status, returncode, stdout, stderr, round(wall, 4), layers, cause)
 
 
 def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bytes, str | None]:
@@ -440,15 +653,20 @@ def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, 
     return bytes(bufs[out_fd]), bytes(bufs[err_fd]), outcome
 
 
-def _read_status(fd: int) -> dict[str, Any]:
-    """Merge the launcher's status lines ({"layers": ...} first, {"exit": ..., "timed_out": ...} at the end)."""
+def _read_pipe(fd: int, cap: int = 1 << 20) -> bytes:
+    """What is waiting in a pipe whose writers are gone (or the first `cap` bytes of it)."""
     os.set_blocking(fd, False)
     data = b""
     try:
-        while chunk := os.read(fd, 65536):
+        while len(data) < cap and (chunk := os.read(fd, 65536)):
             data += chunk
     except BlockingIOError:
         pass
+    return data
+
+
+def _merge_records(data: bytes) -> dict[str, Any]:
+    """Merge the launcher's status lines ({"layers": ...} first, {"exit": ..., "timed_out": ...} at the end)."""
     merged: dict[str, Any] = {}
     for line in data.decode("utf-8", "replace").splitlines():
         try:
@@ -456,6 +674,50 @@ def _read_status(fd: int) -> dict[str, Any]:
         except ValueError:
             pass
     return merged
+
+
+def _verdict_records(data: bytes, token: bytes) -> dict[str, Any]:
+    """The check driver's records, merged: only lines that carry this run's token count (the code cannot forge one)."""
+    merged: dict[str, Any] = {}
+    for line in data.split(b"\n"):
+        head, _, body = line.partition(b" ")
+        if head != token:
+            continue
+        try:
+            merged.update(json.loads(body))
+        except ValueError:
+            pass
+    return merged
+
+
+def _judge_check(
+    outcome: str | None, returncode: int | None, stderr: str, verdict: dict[str, Any]
+) -> tuple[str, str]:
+    """Status and cause of a check run: "ok" only with the driver's proof that every test ran and returned."""
+    where = verdict.get("started", "the start")
+    if outcome == "timeout":
+        return "timeout", f"time limit reached during {where}"
+    if outcome == "output_limit":
+        return "output_limit", f"output limit exceeded during {where}"
+    if "done" in verdict and "stopped" not in verdict and returncode == 0:
+        return "ok", ""
+    if "stopped" in verdict:
+        exc, at = verdict.get("exc", ""), verdict["stopped"]
+        detail = f": {verdict['detail']}" if verdict.get("detail") else ""
+        if exc in _EARLY_EXCEPTIONS:
+            return "early_exit", f"{exc}{detail} raised in {at}, before the tests finished"
+        status = "memory" if exc == "MemoryError" else "error"
+        return status, f"{exc} in {at}{detail}"
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        status = {signal.SIGXCPU: "timeout", signal.SIGKILL: "killed"}.get(-returncode, "early_exit")
+        return status, f"killed by {name} during {where}, before the tests finished"
+    if "MemoryError" in stderr[-4000:]:
+        return "memory", f"MemoryError during {where}"
+    return "early_exit", (
+        f"the process ended with exit status {returncode} during {where} without the proof that every test ran "
+        "(os._exit, an exit hook, a signal handler or a replaced interpreter hook)"
+    )
 
 
 def _classify(returncode: int | None, stderr: str) -> str:
@@ -501,6 +763,7 @@ def _code_interpreter(drop_privileges: bool) -> str:
                 stdin="",
                 max_processes=64,
                 max_file_mb=1,
+                scratch_mb=None,
             )
             if res.passed and res.stdout.strip() == "3":
                 _interpreter_cache[True] = (cand, res.isolation)
@@ -523,45 +786,93 @@ def run_python(
     stdin: str = "",
     max_processes: int = 64,
     max_file_mb: int = 16,
+    scratch_mb: int = 64,
 ) -> SandboxResult:
-    """Run a Python program in a fresh, locked-down interpreter (see the module docstring for the layers)."""
+    """Run a Python program in a fresh, locked-down interpreter (see the module docstring for the layers).
+
+    passed iff it exits 0 within its limits. `scratch_mb` caps everything it writes to its working directory,
+    /tmp, /var/tmp and /dev/shm together (where a private mount namespace can be made).
+    """
     if not isinstance(code, str):
         raise TypeError(f"code must be a str, got {type(code).__name__}")
-    return _execute(
-        code,
-        interpreter=_code_interpreter(True),
-        flags=_PY_FLAGS,
-        drop_privileges=True,
-        timeout_s=timeout_s,
-        cpu_s=cpu_s,
-        memory_mb=memory_mb,
-        max_output_bytes=max_output_bytes,
-        stdin=stdin,
-        max_processes=max_processes,
-        max_file_mb=max_file_mb,
-    )
+    return _execute(code, **_code_limits(timeout_s, cpu_s, memory_mb, max_output_bytes, stdin, max_processes,
+                                         max_file_mb, scratch_mb))
+
+
+def _code_limits(
+    timeout_s: float, cpu_s: float | None, memory_mb: int, max_output_bytes: int, stdin: str, max_processes: int,
+    max_file_mb: int, scratch_mb: int,
+) -> dict[str, Any]:
+    """_execute's keyword arguments for model-written code: nobody's interpreter, dropped privileges, scratch."""
+    return {
+        "interpreter": _code_interpreter(True),
+        "flags": _PY_FLAGS,
+        "drop_privileges": True,
+        "timeout_s": timeout_s,
+        "cpu_s": cpu_s,
+        "memory_mb": memory_mb,
+        "max_output_bytes": max_output_bytes,
+        "stdin": stdin,
+        "max_processes": max_processes,
+        "max_file_mb": max_file_mb,
+        "scratch_mb": scratch_mb,
+    }
 
 
 def run_many(codes: list[str], *, workers: int = 2, **kw: Any) -> list[SandboxResult]:
     """run_python on several programs in parallel (thread pool); results in input order."""
+    return _parallel(run_python, codes, workers, kw)
+
+
+def check_many(
+    programs: Sequence[tuple[str, Sequence[str], str]], *, workers: int = 2, **kw: Any
+) -> list[SandboxResult]:
+    """check_program on several (code, tests, setup) triples in parallel; results in input order."""
+    return _parallel(lambda p, **k: check_program(*p, **k), list(programs), workers, kw)
+
+
+def _parallel(fn: Any, items: list[Any], workers: int, kw: dict[str, Any]) -> list[SandboxResult]:
     if workers < 1:
         raise ValueError(f"workers={workers!r} must be >= 1")
-    if not codes:
+    if not items:
         return []
     _code_interpreter(True)  # probe once, before the threads race for it
-    with ThreadPoolExecutor(max_workers=min(workers, len(codes))) as pool:
-        return list(pool.map(lambda c: run_python(c, **kw), codes))
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(lambda item: fn(item, **kw), items))
 
 
 def build_program(code: str, tests: list[str] | tuple[str, ...], setup: str = "") -> str:
-    """setup + code + tests as one program, the way the MBPP checker assembles it."""
+    """setup + code + tests as one program, the way the MBPP checker assembles it (for reading and run_python)."""
     parts = [setup.strip("\n"), code.strip("\n"), "\n".join(tests)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def check_program(code: str, tests: list[str], setup: str = "", **kw: Any) -> SandboxResult:
-    """Run setup + code + tests in the sandbox; passed iff the process exits 0 in time."""
-    return run_python(build_program(code, tests, setup), **kw)
+def check_program(
+    code: str,
+    tests: Sequence[str],
+    setup: str = "",
+    *,
+    timeout_s: float = 10.0,
+    cpu_s: float | None = None,
+    memory_mb: int = 1024,
+    max_output_bytes: int = 65536,
+    stdin: str = "",
+    max_processes: int = 64,
+    max_file_mb: int = 16,
+    scratch_mb: int = 64,
+) -> SandboxResult:
+    """Run setup, code and each test in the sandbox; passed only with proof that every test ran and returned.
+
+    Leaving early in any way (sys.exit, os._exit, a signal, an exit hook, ...) is status "early_exit"; `cause` says
+    where the run stopped and why.
+    """
+    if not isinstance(code, str) or not isinstance(setup, str):
+        raise TypeError("code and setup must be str")
+    if isinstance(tests, str) or not all(isinstance(t, str) for t in tests):
+        raise TypeError("tests must be a list of str (one test statement each)")
+    check = _Check(setup=setup, code=code, tests=tuple(tests))
+    return _execute(check, **_code_limits(timeout_s, cpu_s, memory_mb, max_output_bytes, stdin, max_processes,
+                                          max_file_mb, scratch_mb))
 
 
 def isolation_report() -> dict[str, Any]:
@@ -573,7 +884,17 @@ def isolation_report() -> dict[str, Any]:
         "python_layers": list(py.isolation),
         "python_status": py.status,
         "namespaces_enabled": USE_NAMESPACES,
+        "scratch": _scratch_layer(py.isolation),
     }
+
+
+def _scratch_layer(layers: Sequence[str]) -> str:
+    """Which layer keeps what the code writes to /tmp, /var/tmp and /dev/shm from outliving the run."""
+    if "scratch_tmpfs" in layers:
+        return "private tmpfs (mount namespace, size-limited, gone with the run)"
+    if "scratch_sweep" in layers:
+        return "shared folders; files uid nobody left there are removed after each run"
+    return "shared folders, not cleaned (no mount namespace and not root): files written there outlive the run"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -664,6 +985,7 @@ def run_sql(
         stdin=payload,
         max_processes=8,
         max_file_mb=1024,  # SQLite may spill big sorts to temporary files
+        scratch_mb=None,  # our own runner, not model code; the database may live under /tmp
     )
     if res.status == "output_limit":
         return SqlResult("row_cap", None, f"result larger than {max_output_bytes} bytes", res.wall_s)
@@ -672,8 +994,11 @@ def run_sql(
             "timeout", None, f"query process stopped ({res.status}) after {res.wall_s:.1f} s", res.wall_s
         )
     try:
-        out = json.loads(res.stdout)
+        # Trust the runner's report only from a runner that ended normally: it writes it after fetching every row.
+        out = json.loads(res.stdout) if res.status == "ok" else None
     except ValueError:
+        out = None
+    if not isinstance(out, dict) or out.get("status") not in SQL_STATUSES:
         tail = (res.stderr or res.stdout).strip()[-500:]
         return SqlResult("error", None, f"query process failed ({res.status}): {tail}", res.wall_s)
     rows = None if out["rows"] is None else [tuple(r) for r in out["rows"]]

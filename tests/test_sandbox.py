@@ -23,8 +23,12 @@ root_only = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def protected_dir():
-    """A root-owned 0755 directory with a sentinel file: visible to the sandbox, not writable by nobody."""
-    d = Path(tempfile.mkdtemp(prefix="stmkit-test-protected-"))
+    """A root-owned 0755 directory with a sentinel file: visible to the sandbox, not writable by nobody.
+
+    Not under /tmp: the sandbox sees its own private /tmp, so a folder there would be invisible, not protected.
+    """
+    base = next((b for b in ("/var/lib", "/opt", "/usr/local") if os.access(b, os.W_OK)), None)
+    d = Path(tempfile.mkdtemp(prefix="stmkit-test-protected-", dir=base))
     d.chmod(0o755)
     sentinel = d / "sentinel.txt"
     sentinel.write_text("keep me\n")
@@ -331,3 +335,167 @@ def test_execution_match_compares_result_sets(db):
     assert not sandbox.sql_execution_match(db, "SELECT id FROM t WHERE id BETWEEN 1 AND 4", gold)
     assert not sandbox.sql_execution_match(db, "SELECT name FROM t WHERE id IN (1, 2, 3)", gold)
     assert not sandbox.sql_execution_match(db, "DELETE FROM t", gold)
+
+
+# --- the completion proof: a check passes only when every test ran after the code ---------------------------------
+
+WRONG_ADD = "def add(a, b):\n    return a - b\n"
+RIGHT_ADD = "def add(a, b):\n    return a + b\n"
+ADD_TESTS = ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]
+
+# Ways a wrong answer can leave before its tests run (or stop them from running); each must fail, with a cause.
+EARLY_EXITS = {
+    "sys.exit(0)": "import sys\nsys.exit(0)\n",
+    "sys.exit()": "import sys\nsys.exit()\n",
+    "exit()": "exit()\n",
+    "quit()": "quit()\n",
+    "raise SystemExit": "raise SystemExit\n",
+    "raise SystemExit(0)": "raise SystemExit(0)\n",
+    "main block": "if __name__ == '__main__':\n    import sys\n    print(add(1, 2))\n    sys.exit(0)\n",
+    "os._exit(0)": "import os\nos._exit(0)\n",
+    "os._exit(1)": "import os\nos._exit(1)\n",
+    "os.abort()": "import os\nos.abort()\n",
+    "SIGTERM to itself": "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n",
+    "SIGKILL to itself": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+    "kill(0, SIGTERM)": "import os, signal\nos.kill(0, signal.SIGTERM)\n",
+    "signal handler exits 0": (
+        "import os, signal\nsignal.signal(signal.SIGUSR1, lambda *a: os._exit(0))\nos.kill(os.getpid(), signal.SIGUSR1)\n"
+    ),
+    "alarm handler exits 0": (
+        "import os, signal, time\nsignal.signal(signal.SIGALRM, lambda *a: os._exit(0))\nsignal.alarm(1)\n"
+        "time.sleep(3)\n"
+    ),
+    "exit hook + sys.exit(1)": "import atexit, os, sys\natexit.register(os._exit, 0)\nsys.exit(1)\n",
+    "excepthook exits 0": "import os, sys\nsys.excepthook = lambda *a: os._exit(0)\n",
+    "threading.excepthook exits 0": (
+        "import os, threading\nthreading.excepthook = lambda *a: os._exit(0)\n"
+    ),
+    "thread calls os._exit(0)": "import os, threading, time\nthreading.Thread(target=os._exit, args=(0,)).start()\ntime.sleep(2)\n",
+    "KeyboardInterrupt": "raise KeyboardInterrupt\n",
+    "exit while the tests run": "import sys\ndef add(a, b):\n    sys.exit(0)\n",
+    "os._exit while the tests run": "import os\ndef add(a, b):\n    os._exit(0)\n",
+    "profiler exits 0 in the tests": "import os, sys\nsys.setprofile(lambda *a: os._exit(0))\n",
+    "tracer exits 0 in the tests": "import os, sys\nsys.settrace(lambda *a: os._exit(0))\n",
+    "exec/compile/enumerate replaced": (
+        "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None\n"
+        "builtins.enumerate = lambda *a, **k: iter(())\n"
+    ),
+    "os.write replaced": "import os\nos.write = lambda fd, data: len(data)\n",
+    "stdout closed then exit 0": "import os, sys\nos.close(1)\nos.close(2)\nos._exit(0)\n",
+    "forged verdict on every fd": (
+        "import os, json\nfor fd in range(3, 64):\n    for head in (b'', b'x '):\n        try:\n"
+        "            os.write(fd, head + json.dumps({'done': 3}).encode() + b'\\n')\n"
+        "        except OSError:\n            pass\nos._exit(0)\n"
+    ),
+    "fork: parent exits 0": "import os\nif os.fork():\n    os._exit(0)\n",
+    "unclosed string swallows the tests": 'x = """\n',
+}
+
+
+@pytest.mark.parametrize("name", sorted(EARLY_EXITS))
+def test_leaving_before_the_tests_finish_fails_with_its_cause(name):
+    res = sandbox.check_program(WRONG_ADD + EARLY_EXITS[name], ADD_TESTS, timeout_s=5)
+    assert not res.passed, f"{name}: {res}"
+    assert res.status != "ok" and res.cause, f"{name}: no cause recorded: {res}"
+
+
+@pytest.mark.parametrize(
+    "name", ["sys.exit(0)", "exit()", "quit()", "raise SystemExit", "os._exit(0)", "SIGTERM to itself",
+             "exit while the tests run", "thread calls os._exit(0)", "signal handler exits 0"]
+)
+def test_early_exits_are_named_as_such(name):
+    res = sandbox.check_program(WRONG_ADD + EARLY_EXITS[name], ADD_TESTS, timeout_s=5)
+    assert res.status == "early_exit", res
+    assert "before the tests finished" in res.cause or "without the proof" in res.cause
+
+
+def test_a_right_answer_passes_whatever_it_does_around_its_tests():
+    extras = [
+        "if __name__ == '__main__':\n    print(add(1, 2))\n",
+        "import atexit, os\natexit.register(os._exit, 1)\n",  # exit hooks never run: the driver leaves first
+        "import builtins\nbuiltins.print = None\n",
+        "import sys\nsys.stdout.write('no newline')\n",
+    ]
+    for extra in extras:
+        res = sandbox.check_program(RIGHT_ADD + extra, ADD_TESTS, setup="import math", timeout_s=5)
+        assert res.passed and res.status == "ok" and res.cause == "", (extra, res)
+    res = sandbox.check_program(RIGHT_ADD + "print('hello')\n", ADD_TESTS, timeout_s=5)
+    assert res.stdout == "hello\n"  # unbuffered: output survives the driver's os._exit
+
+
+def test_failure_causes_name_the_statement():
+    res = sandbox.check_program(WRONG_ADD, ["assert add(0, 0) == 0", "assert add(1, 2) == 3"], timeout_s=5)
+    assert res.status == "error" and res.cause == "AssertionError in test 2"
+    res = sandbox.check_program("def add(a, b) return", ADD_TESTS, timeout_s=5)
+    assert res.status == "error" and res.cause.startswith("SyntaxError in the code")
+    res = sandbox.check_program(RIGHT_ADD, ADD_TESTS, setup="import no_such_module", timeout_s=5)
+    assert res.status == "error" and res.cause.startswith("ModuleNotFoundError in the setup code")
+
+
+def test_check_program_refuses_a_bare_string_of_tests():
+    with pytest.raises(TypeError, match="tests must be a list"):
+        sandbox.check_program(RIGHT_ADD, "assert add(1, 2) == 3")
+
+
+def test_mbpp_scorer_and_self_output_filter_reject_early_exits():
+    from stmkit.datagen import check_answers
+    from stmkit.tasks import ScoreOptions, get_task
+    from stmkit.tasks.base import Example
+
+    ex = Example(id="t1", task="mbpp", prompt="add", tests=tuple(ADD_TESTS))
+    answers = [f"```python\n{WRONG_ADD}import sys\nsys.exit(0)\n```", f"```python\n{RIGHT_ADD}```"]
+    scored = get_task("mbpp").scorer([ex, ex], answers, ScoreOptions(timeout_s=5))
+    assert [s["correct"] for s in scored] == [False, True]
+    assert scored[0]["error"].startswith("early_exit: SystemExit")
+    assert check_answers("mbpp", [ex, ex], answers, timeout_s=5) == [False, True]
+
+
+# --- private scratch: /tmp, /var/tmp and /dev/shm ------------------------------------------------------------------
+
+
+def _leak_code(tag: str) -> str:
+    return "\n".join(
+        f"open('{d}/{tag}', 'w').write('leak')" for d in sandbox.SCRATCH_DIRS if os.path.isdir(d)
+    ) + "\n"
+
+
+@root_only
+def test_files_written_to_shared_scratch_folders_do_not_survive(layers):
+    tag = f"stmkit-leak-{os.getpid()}-{layers}"
+    res = sandbox.run_python(_leak_code(tag), timeout_s=10)
+    assert res.passed, res
+    survivors = [d for d in sandbox.SCRATCH_DIRS if os.path.exists(f"{d}/{tag}")]
+    assert survivors == [], f"left behind in {survivors}"
+    assert ("scratch_tmpfs" if layers == "namespaces" else "scratch_sweep") in res.isolation
+
+
+def test_scratch_writes_count_against_the_scratch_limit():
+    code = (
+        "for i in range(40):\n"
+        "    with open(f'/dev/shm/chunk{i}', 'wb') as f:\n"
+        "        f.write(b'x' * (1 << 20))\n"
+    )
+    res = sandbox.run_python(code, timeout_s=10, scratch_mb=8, max_file_mb=4)
+    if "scratch_tmpfs" not in res.isolation:
+        pytest.skip("no mount namespace here: the scratch folders are shared (isolation_report says so)")
+    assert res.status == "error" and "No space left on device" in res.stderr
+    res = sandbox.run_python(code.replace("/dev/shm/", ""), timeout_s=10, scratch_mb=8, max_file_mb=4)
+    assert res.status == "error" and "No space left on device" in res.stderr  # its working directory too
+
+
+def test_isolation_report_names_the_scratch_layer():
+    report = sandbox.isolation_report()
+    assert report["scratch"].startswith(("private tmpfs", "shared folders"))
+
+
+def test_sql_never_reports_success_from_a_runner_that_did_not_finish(db, monkeypatch):
+    # A runner that printed an "ok" report but was then stopped is not trusted: its process status decides first.
+    real = sandbox._execute
+
+    def stopped(*a, **k):
+        res = real(*a, **k)
+        return sandbox.SandboxResult("killed", -9, res.stdout, res.stderr, res.wall_s, res.isolation)
+
+    monkeypatch.setattr(sandbox, "_execute", stopped)
+    res = sandbox.run_sql(db, "SELECT 1")
+    assert res.status != "ok" and res.rows is None

@@ -43,13 +43,14 @@ def extract(text: str, example: Example | None = None) -> str:
 
 
 def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreOptions) -> list[dict[str, Any]]:
-    """pass@1: setup + extracted code + the item's asserts run in the sandbox (in parallel); correct iff exit 0."""
+    """pass@1: setup, extracted code and the item's asserts run in the sandbox (in parallel); correct only with the
+    sandbox's proof that every assert ran and returned (an early exit is wrong, with its cause recorded)."""
     from .. import sandbox
 
     codes = [extract(text) for text in generated]
     todo = [i for i, code in enumerate(codes) if code.strip()]
-    programs = [sandbox.build_program(codes[i], examples[i].tests, examples[i].setup) for i in todo]
-    runs = sandbox.run_many(programs, workers=options.workers, timeout_s=options.timeout_s)
+    programs = [(codes[i], examples[i].tests, examples[i].setup) for i in todo]
+    runs = sandbox.check_many(programs, workers=options.workers, timeout_s=options.timeout_s)
     results = dict(zip(todo, runs, strict=True))
     out = []
     for i, code in enumerate(codes):
@@ -57,7 +58,7 @@ def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreO
         if res is None:
             out.append({"extracted": code, "correct": False, "error": "no code found in the answer"})
             continue
-        error = "" if res.passed else f"{res.status}: {_last_line(res.stderr)}"
+        error = "" if res.passed else f"{res.status}: {res.cause or _last_line(res.stderr)}"
         out.append({"extracted": code, "correct": res.passed, "error": error})
     return out
 
