@@ -32,15 +32,17 @@ def _cmd_splits(args: argparse.Namespace) -> int:
 
 
 def _cmd_mask(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .cache import atomic_dir, atomic_write_json
     from .masking import mask_dataset, write_inspection
     from .models import fingerprint, load_model
+    from .preflight import cache_dir, writable_dir
     from .scoring import score_examples
     from .userdata import read_jsonl
 
+    # Everything cheap is checked before the model loads and the scoring starts.
     examples = read_jsonl(args.data)
+    out = writable_dir(args.out, f"--out {args.out}", "give a folder for dataset/, stats.json and tokens.jsonl")
+    cache_dir()
     print(f"read {len(examples)} examples from {args.data}")
     model, tok = load_model(args.model, device=args.device)
     scored, key = score_examples(
@@ -49,7 +51,6 @@ def _cmd_mask(args: argparse.Namespace) -> int:
     )
     res = mask_dataset(scored, args.rule, tau=args.tau, quantile=args.quantile, seed=args.seed,
                        fully_masked=args.fully_masked)
-    out = Path(args.out)
     with atomic_dir(out / "dataset", overwrite=True) as tmp:
         res.to_dataset().save_to_disk(str(tmp))
     stats = {**res.stats, "model": args.model, "data": str(args.data), "scores_cache_key": key,
@@ -63,6 +64,9 @@ def _cmd_mask(args: argparse.Namespace) -> int:
     if res.fully_masked:
         verb = "dropped" if args.fully_masked == "drop" else "kept with only their end-of-turn token trained"
         print(f"{len(res.fully_masked)} examples had every response token masked: {verb}")
+    if res.dropped_truncated:
+        print(f"{len(res.dropped_truncated)} truncated examples had nothing trainable left: dropped "
+              "(their last token is a cut-off piece of the answer, not the end-of-turn token)")
     if stats["truncated_examples"]:
         print(f"{stats['truncated_examples']} examples were longer than --max-length {args.max_length} and truncated")
     print(f"wrote {out / 'dataset'} (input_ids + labels for TRL's SFTTrainer), {out / 'stats.json'}, "
@@ -120,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ConfigError, ValueError, OSError, RuntimeError) as exc:
         print(f"stmkit: error: {exc}", file=sys.stderr)
         return 2
 

@@ -280,21 +280,43 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _split_top_level(text: str) -> list[str]:
+    """Split "a=1, b=[x, y]" at the commas outside brackets and braces."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _yaml_value(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "parse error"
+        raise ConfigError(f"{where}: not valid YAML ({problem}); write lists as [a, b] and mappings as "
+                          "{k: v}") from None
+
+
 def parse_overrides(overrides: str | dict[str, Any] | None) -> dict[str, Any]:
-    """Overrides as a mapping with dotted keys, or a string "a.b=1, c=x" / YAML mapping -> nested dict."""
+    """Overrides as a mapping with dotted keys, or a string "a.b=1, c=[x, y]" / YAML mapping -> nested dict."""
     if not overrides:
         return {}
     if isinstance(overrides, str):
         text = overrides.strip()
         if text.startswith("{"):
-            flat = yaml.safe_load(text)
+            flat = _yaml_value(text, f"overrides {text!r}")
         else:
             flat = {}
-            for part in filter(None, (p.strip() for p in text.split(","))):
+            for part in _split_top_level(text):
                 if "=" not in part:
-                    raise ConfigError(f"override {part!r}: expected key=value (e.g. training.learning_rate=1e-4)")
+                    raise ConfigError(f"override {part!r}: expected key=value (e.g. training.learning_rate=1e-4; "
+                                      "a list is key=[a, b])")
                 k, v = part.split("=", 1)
-                flat[k.strip()] = yaml.safe_load(v.strip())
+                flat[k.strip()] = _yaml_value(v.strip(), f"override {part!r}")
     else:
         flat = dict(overrides)
     nested: dict[str, Any] = {}
@@ -309,17 +331,21 @@ def parse_overrides(overrides: str | dict[str, Any] | None) -> dict[str, Any]:
     return nested
 
 
+def profile_names() -> list[str]:
+    """The shipped profiles: configs/<name>.yaml."""
+    return sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+
+
 def profile_path(name: str | Path) -> Path:
     """configs/<name>.yaml, or a path to a YAML file."""
     p = Path(name)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
-            raise ConfigError(f"profile file {p} does not exist")
+            raise ConfigError(f"profile file {p} does not exist (profiles: {', '.join(profile_names())})")
         return p
     p = CONFIG_DIR / f"{name}.yaml"
     if not p.is_file():
-        known = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
-        raise ConfigError(f"unknown profile '{name}': no {p} (profiles: {known})")
+        raise ConfigError(f"unknown profile '{name}': no {p} (profiles: {', '.join(profile_names())})")
     return p
 
 
@@ -335,13 +361,21 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 def load_profile(name: str | Path = "cpu-demo", overrides: str | dict[str, Any] | None = None) -> Profile:
     """Resolve a profile and overrides into a validated, frozen Profile."""
-    path = profile_path(name)
+    return _load_profile(profile_path(name), overrides, ())
+
+
+def _load_profile(path: Path, overrides: str | dict[str, Any] | None, chain: tuple[Path, ...]) -> Profile:
+    """load_profile; `chain` holds the files whose `extends:` led here, so that a cycle is named, not recursed."""
+    chain = (*chain, path)
     data = load_yaml(path)
     data.setdefault("name", path.stem)
     extends = data.pop("extends", None)
     if extends:
-        parent = load_profile(extends).to_dict()
-        data = _deep_merge(parent, data)
+        parent_path = profile_path(extends)
+        if parent_path.resolve() in {p.resolve() for p in chain}:
+            cycle = " -> ".join(p.name for p in (*chain, parent_path))
+            raise ConfigError(f"{chain[0]}: 'extends' makes a cycle: {cycle}; remove one of these 'extends:' lines")
+        data = _deep_merge(_load_profile(parent_path, None, chain).to_dict(), data)
     merged = _deep_merge(data, parse_overrides(overrides))
     label = f"{path.name}" + (" (with overrides)" if overrides else "")
     return _build(Profile, merged, label)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import Cache, atomic_write_text, content_key
+from .cache import Cache, atomic_write_text, content_key, dumps_finite
 
 DIVERSITY_VERSION = 1
 BLEU_SETTINGS = {"tokenizer": "13a", "max_order": 4, "smooth": True}
@@ -138,7 +138,8 @@ def measure_self_bleu(
             k += len(cs)
         wall = time.perf_counter() - t0
         with cache.put("self_bleu", key, meta={**settings, "wall_s": round(wall, 3), "model": fingerprint}) as tmp:
-            atomic_write_text(tmp / "items.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in records))
+            lines = "".join(dumps_finite(r, f"Self-BLEU record {r['id']!r}", default=str) + "\n" for r in records)
+            atomic_write_text(tmp / "items.jsonl", lines)
         cached = False
     else:
         wall = float(cache.meta("self_bleu", key).get("wall_s", 0.0))

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .cache import Cache, content_key
+from .cache import Cache, content_key, dumps_finite
+from .numerics import require_finite
 
 DRIFT_VERSION = 1
 KL_CHUNK = 1024  # response positions per full-vocabulary log-softmax (bounds memory for 256k vocabularies)
@@ -271,8 +272,9 @@ def _per_row(
     progress: bool,
     desc: str,
     memo: dict[Any, Any] | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[tuple[float, float, float]]:
-    """(mean KL, mean NLL base, mean NLL finetuned) per row, in length-sorted batches."""
+    """(mean KL, mean NLL base, mean NLL finetuned) per row, in length-sorted batches; non-finite ones refused."""
     import torch
     from tqdm.auto import tqdm
 
@@ -286,6 +288,9 @@ def _per_row(
             start = 0
             for i in batch:
                 n = len(rows[i][0]) - rows[i][1]
+                name = names[i] if names is not None else f"row {i}"
+                for label, values in (("KL", kl), ("base NLL", nb), ("fine-tuned NLL", nf)):
+                    require_finite(values[start : start + n], f"{desc}: {name}: per-token {label}", unit="token")
                 out[i] = (
                     float(kl[start : start + n].mean()),
                     float(nb[start : start + n].mean()),
@@ -332,7 +337,7 @@ def measure_drift(
     out = _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples, seed,
                    progress)
     with cache.put("drift", key, meta={"model": fingerprint, "reference": reference.key}) as tmp:
-        (tmp / "drift.json").write_text(json.dumps(out))
+        (tmp / "drift.json").write_text(dumps_finite(out, f"drift of {fingerprint}"))
     return out
 
 
@@ -354,9 +359,10 @@ def _measure(
             raise ValueError(
                 f"drift prompts {empty[:5]} have an empty base answer; raise drift_max_new_tokens"
             )
+        names = [f"{it.task} prompt {it.id!r}" for it in reference.items]
         resp = _per_row(
             finetuned, base, resp_rows, pad, batch_size, max_tokens_per_batch, progress, "drift: answers",
-            reference.base_memo,
+            reference.base_memo, names,
         )
         gold_items = [k for k, it in enumerate(reference.items) if it.gold_ids]
         gold_rows = [
@@ -365,7 +371,7 @@ def _measure(
         ]
         gold = _per_row(
             finetuned, base, gold_rows, pad, batch_size, max_tokens_per_batch, progress, "drift: gold",
-            reference.base_memo,
+            reference.base_memo, [names[k] for k in gold_items],
         )
     finally:
         for m, flag in zip([m for m in (finetuned, base) if m is not None], was_training, strict=True):
@@ -378,11 +384,13 @@ def _measure(
         _, lo, hi = bootstrap_ci(kl, n_resamples=n_resamples, seed=seed)
         g = [gold_by_index[k] for k in idx if k in gold_by_index]
         nb, nf = float(np.mean([resp[k][1] for k in idx])), float(np.mean([resp[k][2] for k in idx]))
-        gb = float(np.mean([x[1] for x in g])) if g else float("nan")
-        gf = float(np.mean([x[2] for x in g])) if g else float("nan")
+        # None (not NaN) when the task has no gold answers: undefined, and the result is cached
+        gb = float(np.mean([x[1] for x in g])) if g else None
+        gf = float(np.mean([x[2] for x in g])) if g else None
         out[task] = {
             "kl": float(kl.mean()), "kl_low": lo, "kl_high": hi, "nll_base": nb, "nll_finetuned": nf,
-            "delta_nll": nf - nb, "gold_nll_base": gb, "gold_nll_finetuned": gf, "delta_gold_nll": gf - gb,
+            "delta_nll": nf - nb, "gold_nll_base": gb, "gold_nll_finetuned": gf,
+            "delta_gold_nll": gf - gb if g else None,
             "n_prompts": len(idx), "n_tokens": int(sum(len(reference.items[k].response_ids) for k in idx)),
         }  # fmt: skip
     keys = (
@@ -394,7 +402,8 @@ def _measure(
         "gold_nll_finetuned",
         "delta_gold_nll",
     )
-    out["all"] = {k: float(np.mean([out[t][k] for t in reference.tasks])) for k in keys}
+    defined = {k: [out[t][k] for t in reference.tasks if out[t][k] is not None] for k in keys}
+    out["all"] = {k: float(np.mean(v)) if v else None for k, v in defined.items()}
     out["all"]["n_prompts"] = len(reference.items)
     out["all"]["n_tokens"] = int(sum(out[t]["n_tokens"] for t in reference.tasks))
     return out

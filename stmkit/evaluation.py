@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .cache import atomic_write_text, canonical_json, content_key, sha256_file
+from .cache import atomic_write_text, canonical_json, content_key, dumps_finite, sha256_file, verify_entry_of
+from .numerics import require_finite
 
 # --- metrics ---
 # Definitions as in the paper (Sec. 4 and Table 2): both are relative changes, in percent.
@@ -357,6 +358,7 @@ def load_adapter(base_model: Any, adapter_dir: str | Path) -> Any:
     from peft import PeftModel
 
     adapter_fingerprint(adapter_dir)  # a clear error for a folder without adapter_config.json
+    verify_entry_of(adapter_dir)  # a cached adapter is checked against its manifest before its first use
     model = PeftModel.from_pretrained(base_model, str(adapter_dir))
     return model.eval()
 
@@ -371,8 +373,11 @@ def loglik_choices(
     max_tokens_per_batch: int = 16384,
     share_context: bool = True,
     progress: bool = True,
+    names: Sequence[str] | None = None,
 ) -> list[list[float]]:
     """Sum of token log-probs of each option after its context: one list per item.
+
+    names: how errors name each item (default "item <index>"); a non-finite log-likelihood is refused with it.
 
     share_context (default): each batch of contexts runs once and its KV cache serves all of their options, so a
     4-option item costs one context pass instead of four (SciQ's passages make this 3-4x faster on CPU). Without
@@ -391,13 +396,17 @@ def loglik_choices(
             raise ValueError(f"item {i} has an empty context; give each option something to follow")
         opt_ids.append(conts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    names = list(names) if names is not None else [f"item {i}" for i in range(len(ctx_ids))]
     if share_context:
-        return _loglik_shared(model, ctx_ids, opt_ids, pad, batch_size, max_tokens_per_batch, progress)
+        out = _loglik_shared(model, ctx_ids, opt_ids, pad, batch_size, max_tokens_per_batch, progress)
+        for name, lps in zip(names, out, strict=True):
+            require_finite(lps, f"{name}: option log-likelihoods", unit="option")
+        return out
     from .scoring import Rendered, score_rendered
 
-    rows = [Rendered(f"{i}:{j}", c + o, len(c)) for i, (c, os_) in enumerate(zip(ctx_ids, opt_ids, strict=True))
-            for j, o in enumerate(os_)]
-    scored = score_rendered(model, rows, pad, batch_size, max_tokens_per_batch, progress)
+    rows = [Rendered(f"{names[i]} option {j}", c + o, len(c))
+            for i, (c, os_) in enumerate(zip(ctx_ids, opt_ids, strict=True)) for j, o in enumerate(os_)]
+    scored = score_rendered(model, rows, pad, batch_size, max_tokens_per_batch, progress)  # refuses non-finite
     sums = iter(float(np.sum(s.logprobs)) for s in scored)
     return [[next(sums) for _ in options] for options in choices]
 
@@ -468,7 +477,7 @@ def _records_loglik(
     contexts = [task.loglik_context(ex) for ex in items]
     lps = loglik_choices(
         model, tokenizer, contexts, [ex.choices for ex in items], batch_size=batch_size,
-        max_tokens_per_batch=max_tokens, progress=progress,
+        max_tokens_per_batch=max_tokens, progress=progress, names=[f"{task.name} item {ex.id!r}" for ex in items],
     )
     out = []
     for ex, lp in zip(items, lps, strict=True):
@@ -507,9 +516,8 @@ def _records_generate(
 
 
 def _write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    import json
-
-    atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+    atomic_write_text(path, "".join(dumps_finite(r, f"record {r.get('id')!r} of {path}", default=str) + "\n"
+                                    for r in records))
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
@@ -801,6 +809,7 @@ def trained_model(
         from .models import fingerprint
 
         param = next(base_model.parameters())
+        verify_entry_of(run_results["model_dir"])
         model = AutoModelForCausalLM.from_pretrained(str(run_results["model_dir"]), dtype=param.dtype)
         model.to(param.device).eval()
         yield model, fingerprint(str(run_results["model_dir"])), base_model

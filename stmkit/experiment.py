@@ -83,7 +83,7 @@ class Run:
 
     def save_json(self, name: str, obj: Any) -> Path:
         path = self.dir / name
-        atomic_write_json(path, obj)
+        atomic_write_json(path, obj, allow_nan=True)  # results may say "undefined" (NaN); not a cache entry
         return path
 
     def save_text(self, name: str, text: str) -> Path:

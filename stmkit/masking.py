@@ -14,7 +14,10 @@ Rules (each masks *response* tokens only; prompt tokens are never trained):
   `reference_run`, normally the ground-truth run; see `stmkit.training.prepare_sft_data`).
 - none: train on every response token (ground truth).
 An example with every response token masked is never dropped silently: `keep_eos` keeps its end-of-turn token
-trainable, `drop` removes it; both are counted in the statistics.
+trainable, `drop` removes it; both are counted in the statistics. An example truncated at max_length has no
+end-of-turn token (its last token is a piece of the answer), so with nothing trainable it is dropped under its own
+reason (`dropped_truncated`) whatever the policy: TRL would otherwise drop it silently.
+A non-finite log-prob is refused (NaN > tau is False: it would pass as a token never masked).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .numerics import require_finite
 from .scoring import Scored
 
 IGNORE = -100
@@ -49,13 +53,17 @@ class MaskResult:
     labels: list[list[int]]
     ids: list[str]
     masks: list[np.ndarray]
-    dropped: list[str] = field(default_factory=list)
-    fully_masked: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # every example removed, for any reason
+    fully_masked: list[str] = field(default_factory=list)  # untruncated, every response token masked: the policy
+    dropped_truncated: list[str] = field(default_factory=list)  # truncated with nothing trainable: always dropped
+    truncated: list[str] = field(default_factory=list)  # kept examples cut at max_length (no end-of-turn token)
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stats(self) -> dict[str, Any]:
         n_resp = int(sum(len(m) for m in self.masks))
+        cut = set(self.truncated)
+        ended = [m for i, m in zip(self.ids, self.masks, strict=True) if len(m) and i not in cut]
         n_masked = int(sum(int(m.sum()) for m in self.masks))
         trained = int(sum(sum(1 for x in lab if x != IGNORE) for lab in self.labels))
         return {
@@ -65,13 +73,14 @@ class MaskResult:
             "examples_out": len(self.labels),
             "examples_fully_masked": len(self.fully_masked),
             "examples_dropped": len(self.dropped),
+            "examples_dropped_truncated": len(self.dropped_truncated),
             "response_tokens": n_resp,
             "masked_tokens": n_masked,
             "masked_share": n_masked / n_resp if n_resp else 0.0,
             "trained_tokens": trained,
-            # the last response token is the end-of-turn token: masking it, the model does not learn where to stop
-            "end_of_turn_masked_share": (sum(bool(m[-1]) for m in self.masks if len(m)) / len(self.masks)
-                                         if self.masks else 0.0),
+            # the last response token is the end-of-turn token (truncated examples have none): masking it, the
+            # model does not learn where to stop
+            "end_of_turn_masked_share": (sum(bool(m[-1]) for m in ended) / len(ended) if ended else 0.0),
         }
 
     def per_example(self) -> list[dict[str, Any]]:
@@ -105,6 +114,8 @@ def compute_masks(
         raise ValueError(f"unknown masking rule '{rule}' (rules: {', '.join(RULES)})")
     if not tau > 1.0:
         raise ValueError(f"tau must be > 1 (token perplexity is always >= 1), got {tau}; use inf for no masking")
+    for s in [*scored, *(adapter_scored or [])]:
+        require_finite(s.logprobs, f"example {s.id!r} log-probs", unit="response token")
     ppls = [s.ppl for s in scored]
     if rule == "none":
         return [np.zeros(len(p), dtype=bool) for p in ppls]
@@ -156,7 +167,11 @@ def apply_masks(
     fully_masked: str = "keep_eos",
     params: dict[str, Any] | None = None,
 ) -> MaskResult:
-    """Turn masks into training labels; handle examples with nothing left by the explicit policy."""
+    """Turn masks into training labels; handle examples with nothing left by the explicit policy.
+
+    A truncated example with every token masked is dropped (counted in dropped_truncated) under either policy: its
+    last token was cut off mid-answer, so there is no end-of-turn token to keep.
+    """
     if fully_masked not in ("keep_eos", "drop"):
         raise ValueError(f"fully_masked must be 'keep_eos' or 'drop', got {fully_masked!r}")
     res = MaskResult(rule, [], [], [], [], params=dict(params or {}))
@@ -165,6 +180,10 @@ def apply_masks(
             raise ValueError(f"example {s.id!r}: mask has {len(m)} entries for {len(s.logprobs)} response tokens")
         m = np.asarray(m, dtype=bool).copy()
         labels = [IGNORE] * s.response_start + [IGNORE if mk else t for t, mk in zip(s.response_ids, m, strict=True)]
+        if m.all() and s.truncated:
+            res.dropped_truncated.append(s.id)
+            res.dropped.append(s.id)
+            continue
         if m.all():
             res.fully_masked.append(s.id)
             if fully_masked == "drop":
@@ -175,6 +194,8 @@ def apply_masks(
         res.labels.append(labels)
         res.ids.append(s.id)
         res.masks.append(m)
+        if s.truncated:
+            res.truncated.append(s.id)
     return res
 
 
@@ -192,11 +213,13 @@ def mask_dataset(
     """Compute masks by a rule and build labels: the one call most users need.
 
     train_end_of_turn: never mask the last response token (the end-of-turn token the chat template appends), so
-    the model still learns where an answer stops. Off by default: the paper masks by PPL alone.
+    the model still learns where an answer stops. Off by default: the paper masks by PPL alone. A truncated example
+    has no end-of-turn token; its last token keeps the mask the rule gave it.
     """
     masks = compute_masks(scored, rule, tau, quantile, seed, adapter_scored, dpf_delta)
     if train_end_of_turn:
-        masks = [np.concatenate([m[:-1], [False]]) if len(m) else m for m in masks]
+        masks = [np.concatenate([m[:-1], [False]]) if len(m) and not s.truncated else m
+                 for s, m in zip(scored, masks, strict=True)]
     params: dict[str, Any] = {"tau": tau, "p_below": tau_to_probability(tau)}
     if rule == "quantile":
         params = {"quantile": quantile}

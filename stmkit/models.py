@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_dir, cache_root, sha256_file, verify_dir
+from .preflight import require_hub
 
 
 class ModelUnavailableError(RuntimeError):
@@ -104,7 +105,7 @@ def resolve(name_or_path: str) -> Path | str:
             dest = models_dir() / f"{spec.name}-{spec.sha256[:12]}"
             if not dest.is_dir():
                 _convert_embedded(spec, dest)
-            verify_dir(dest, deep=False)
+            verify_dir(dest)  # content, hashed once (then a verified stamp): a same-size overwrite gave NaN
             return dest
         if spec.kind == "tiny":
             from .tiny import ensure_tiny_model
@@ -159,6 +160,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     ref = resolve(name_or_path)
+    require_hub(ref)
     try:
         tok = AutoTokenizer.from_pretrained(ref, revision=revision)
     except OSError as exc:
@@ -181,6 +183,7 @@ def load_model(
 
     ref = resolve(name_or_path)
     dev = pick_device(device)
+    require_hub(ref)
     try:
         model = AutoModelForCausalLM.from_pretrained(ref, dtype=pick_dtype(dtype, dev), revision=revision)
     except OSError as exc:
@@ -198,7 +201,8 @@ def fingerprint(name_or_path: str) -> str:
         return hashlib.sha256(f"hub:{ref}".encode()).hexdigest()[:16]
     stamp = folder / ".stmkit_fingerprint.json"
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    sig = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+    # inode + size + mtime in ns: a same-size overwrite within the same second still changes the signature
+    sig = [[p.name, st.st_ino, st.st_size, st.st_mtime_ns] for p in files for st in [p.stat()]]
     if stamp.is_file():
         cached = json.loads(stamp.read_text())
         if cached.get("sig") == sig:

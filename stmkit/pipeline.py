@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_write_json, canonical_json, content_key
-from .config import CONFIG_DIR, ConfigError, load_profile, load_yaml, replace
+from .config import CONFIG_DIR, ConfigError, load_profile, load_yaml, profile_path, replace
 from .experiment import REPO_ROOT, results_root
+from .preflight import SetupError, cache_dir, writable_dir
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 SWEEPS_DIR = CONFIG_DIR / "sweeps"
@@ -56,6 +57,16 @@ class Outcome:
     error: str = ""
 
 
+def profile_name(profile: str) -> str:
+    """The name of a profile in configs/; a path to configs/<name>.yaml is accepted as <name>."""
+    path = profile_path(profile)  # an unknown profile is an error that lists the known ones
+    if path.resolve().parent != CONFIG_DIR.resolve():
+        raise ConfigError(f"--profile {profile}: the pipeline runs profiles in configs/ by name (its results go to "
+                          f"results/<name>); copy the file to configs/{path.stem}.yaml, add a sweep "
+                          f"configs/sweeps/{path.stem}.yaml and pass --profile {path.stem}")
+    return path.stem
+
+
 def sweep_path(profile: str) -> Path:
     return SWEEPS_DIR / f"{profile}.yaml"
 
@@ -73,7 +84,9 @@ def load_sweep(profile: str, path: Path | None = None) -> list[RunSpec]:
     """The validated runs of a profile's sweep (configs/sweeps/<profile>.yaml or `path`), in pipeline order."""
     path = Path(path) if path else sweep_path(profile)
     if not path.is_file():
-        raise ConfigError(f"profile '{profile}' has no sweep file {path}; add one listing its runs")
+        with_sweeps = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+        raise ConfigError(f"profile '{profile}' has no sweep file {path}; add one listing its runs "
+                          f"(sweeps: {with_sweeps})")
     data = load_yaml(path)
     unknown = set(data) - {"runs", "description", "profile"}
     if unknown:
@@ -270,20 +283,25 @@ def run_pipeline(
     sweep: str | None = None,
 ) -> int:
     """Execute every run that needs it; print progress and a summary; return the exit status."""
+    profile = profile_name(profile)
     runs = select(load_sweep(profile, resolve_sweep(sweep)), only)
     keys = run_keys(profile, runs)
     root = results_root(profile, results_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob("runs/*/.*.partial.ipynb"):  # left by an interrupted run; that run re-executes
-        stale.unlink()
     todo = [r for r in runs if not is_complete(root, r, keys[r.name])]
     print(f"stmkit reproduce: profile {profile}, {len(runs)} runs ({len(todo)} to execute), results in {root}")
-    if dry_run:
+    if dry_run:  # writes nothing, not even the results folder
         for r in runs:
             state = "to run" if r in todo else "up to date"
             print(f"  [{state:10s}] {r.name} ({r.notebook}) feeds {', '.join(r.feeds) or '-'}")
             print(f"      {command_line(profile, r, keys[r.name], root)}")
         return 0
+    env = os.environ.get("STMKIT_RESULTS")
+    setting = (f"--results-dir {root}" if results_dir else f"STMKIT_RESULTS={env} (results folder {root})" if env
+               else f"the results folder {root}")
+    writable_dir(root, setting, "pass --results-dir or set STMKIT_RESULTS to a folder you can write to")
+    cache_dir()
+    for stale in root.glob("runs/*/.*.partial.ipynb"):  # left by an interrupted run; that run re-executes
+        stale.unlink()
     history = read_json(timings_path(root))
     computed = read_json(computed_timings_path(root))
     outcomes: list[Outcome] = []
@@ -356,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run_pipeline(args.profile, args.only, args.dry_run, args.results_dir, args.sweep)
-    except ConfigError as exc:
+    except (ConfigError, SetupError) as exc:
         print(f"stmkit reproduce: error: {exc}", file=sys.stderr)
         return 2
 

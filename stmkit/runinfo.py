@@ -98,5 +98,5 @@ class RunRecord:
     def write(self) -> Path:
         self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         path = self.out_dir / "run.json"
-        atomic_write_json(path, self.data)
+        atomic_write_json(path, self.data, allow_nan=True)  # a record, not a cache entry: NaN = "undefined"
         return path

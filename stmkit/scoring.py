@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .cache import Cache, content_key
+from .cache import Cache, CacheCorruptError, content_key, dumps_finite
+from .numerics import require_finite
 
 SCORING_VERSION = 1
 
@@ -214,7 +215,9 @@ def score_rendered(
     with torch.inference_mode():
         for batch in tqdm(batches, desc="scoring", unit="batch", disable=not progress, leave=False):
             lps = response_logprobs(model, [rendered[i] for i in batch], pad_id, padding_side)
-            for i, lp in zip(batch, lps, strict=True):
+            for i, lp in sorted(zip(batch, lps, strict=True), key=lambda pair: pair[0]):
+                # NaN > tau is False: a NaN would pass as a confident token that is never masked
+                require_finite(lp, f"example {rendered[i].id!r} (index {i}) log-probs", unit="response token")
                 results[i] = lp
     model.train(was_training)
     return [
@@ -251,7 +254,7 @@ def data_fingerprint(examples: Iterable[Any]) -> str:
 def save_scored(path: Path, scored: Sequence[Scored]) -> None:
     with open(path, "w") as f:
         for s in scored:
-            f.write(json.dumps(s.to_dict()) + "\n")
+            f.write(dumps_finite(s.to_dict(), f"scores of example {s.id!r}") + "\n")
 
 
 def load_scored(path: Path) -> list[Scored]:
@@ -290,7 +293,12 @@ def score_examples(
     )
     hit = cache.get("scores", key)
     if hit is not None:
-        return load_scored(hit / "scores.jsonl"), key
+        scored = load_scored(hit / "scores.jsonl")
+        bad = next((s.id for s in scored if not np.isfinite(s.logprobs).all()), None)
+        if bad is not None:  # written before stmkit refused non-finite scores
+            raise CacheCorruptError(f"cache entry {hit} holds non-finite log-probs (example {bad!r}); delete {hit} "
+                                    "and rerun to score again")
+        return scored, key
     t0 = time.perf_counter()
     rendered = render_examples(tokenizer, examples, max_length)
     scored = score_rendered(model, rendered, tokenizer.pad_token_id, batch_size, max_tokens_per_batch, progress)

@@ -116,5 +116,5 @@ def ensure_tiny_model(models_dir: Path) -> Path:
     dest = Path(models_dir) / f"tiny-llama-v{TINY_VERSION}"
     if not dest.is_dir():
         build_tiny_model(dest)
-    verify_dir(dest, deep=False)
+    verify_dir(dest)
     return dest

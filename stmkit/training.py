@@ -56,8 +56,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import Cache, atomic_write_json, content_key
+from .cache import Cache, atomic_write_json, content_key, verify_entry_of
 from .config import TrainingConfig
+from .numerics import require_finite
 
 TRAINING_VERSION = 1
 IGNORE = -100
@@ -263,6 +264,7 @@ def load_trained(adapter_dir: str | os.PathLike, device: str = "auto", dtype: st
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise FileNotFoundError(f"{adapter_dir} is not a folder; pass TrainResult.adapter_dir (or a checkpoint folder)")
+    verify_entry_of(adapter_dir)  # in the cache: checked against its manifest before its first use
     cfg_path = adapter_dir / "adapter_config.json"
     if cfg_path.is_file():
         from peft import PeftModel
@@ -273,6 +275,7 @@ def load_trained(adapter_dir: str | os.PathLike, device: str = "auto", dtype: st
         base, tok = load_model(_resolve_base(ref, adapter_dir), device, dtype)
         init = init_adapter_of(adapter_dir)
         if init is not None:  # continual fine-tuning: the adapter was trained on base + this one, merged
+            verify_entry_of(init)
             base = PeftModel.from_pretrained(base, init).merge_and_unload()
         model = PeftModel.from_pretrained(base, adapter_dir)
     elif (adapter_dir / "config.json").is_file():
@@ -369,6 +372,15 @@ def _trainer_class() -> type:
         compact_head: bool = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = self._loss(model, inputs, return_outputs, num_items_in_batch)
+            # A NaN loss would train on (and cache) garbage: stop at the step it appears. One host sync per
+            # micro-batch, which TRL's per-step loss logging makes anyway.
+            step = self.state.global_step
+            where = f"training step {step + 1}" if model.training else f"evaluation after step {step}"
+            require_finite(out[0] if return_outputs else out, f"{where} (epoch {self.state.epoch or 0:.2f}): the loss")
+            return out
+
+        def _loss(self, model, inputs, return_outputs, num_items_in_batch):
             if not model.training or (self.kl_coef == 0 and not self.compact_head):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"]
@@ -509,6 +521,10 @@ def training_key(cfg: TrainingConfig, data_fp: str, eval_fp: str | None, model_f
 
 
 def _save(trainer: Any, folder: Path) -> None:
+    """Save the trained weights, refusing non-finite ones (the last optimizer step is followed by no loss)."""
+    for name, p in trainer.model.named_parameters():
+        if p.requires_grad:
+            require_finite(p, f"weight {name} to be saved in {folder}", unit="entry")
     trainer.save_model(str(folder))
 
 
@@ -559,6 +575,7 @@ def train(
     init = None
     if init_adapter is not None:
         init_dir = Path(init_adapter).resolve()
+        verify_entry_of(init_dir)
         try:
             init = (str(init_dir), adapter_fingerprint(init_dir))
         except FileNotFoundError as exc:
@@ -580,7 +597,7 @@ def train(
         folder.mkdir(parents=True, exist_ok=True)
         return _train_into(folder, *args, cached=False)
     cache = cache if isinstance(cache, Cache) else Cache()
-    hit = cache.get("adapters", key, deep=False)
+    hit = cache.get("adapters", key)  # content-verified: a corrupted adapter is refused, never reused
     if hit is not None:
         return TrainResult.load(hit)
     if not _is_main():
@@ -775,7 +792,11 @@ def _train_into(
             f"training saw {record['distinct_examples_seen']} distinct examples of {counts['examples']} in "
             f"{record['epochs']:.2f} epochs; some examples were skipped"
         )
-    result = TrainResult(folder, key, cfg.finetune, base_ref, initial + trainer.state.log_history, record,
+    # fp16's loss scaler skips steps whose gradients overflowed, and logs their grad_norm as inf/NaN: by design,
+    # recorded as None (train_result.json, like every cached file, holds no non-finite number).
+    history = [{**h, "grad_norm": None} if isinstance(h.get("grad_norm"), float) and not math.isfinite(h["grad_norm"])
+               else h for h in initial + trainer.state.log_history]
+    result = TrainResult(folder, key, cfg.finetune, base_ref, history, record,
                          ckpt.saved, collator.order, cached)
     atomic_write_json(folder / RESULT_FILE, result.to_json())
     del trainer

@@ -15,6 +15,34 @@ def _messages_ok(msgs: Any) -> bool:
     return isinstance(msgs, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)
 
 
+def _json_type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+TEXT_PART = '{"type": "text", "text": ...}'
+
+
+def _text(content: Any, where: str, key: str) -> str:
+    """A message's content as a string: a string, or TRL's list of text parts joined."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise DataFormatError(f"{where}: '{key}' must be a string or a list of {TEXT_PART} parts; "
+                              f"got {_json_type(content)}")
+    for i, part in enumerate(content):
+        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            shown = json.dumps(part)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise DataFormatError(f"{where}: '{key}[{i}]' is {shown}; only {TEXT_PART} parts are accepted "
+                                  "(stmkit trains text-only models)")
+    return "".join(part["text"] for part in content)
+
+
+def _messages(msgs: list[dict[str, Any]], where: str, key: str) -> list[dict[str, Any]]:
+    """Messages with their content as plain strings, which every chat template accepts."""
+    return [{**m, "content": _text(m["content"], where, f"{key}[{i}].content")} for i, m in enumerate(msgs)]
+
+
 def parse_row(row: dict[str, Any], where: str, index: int) -> dict[str, Any]:
     """One JSON object -> {id, prompt (str or list of messages), response}."""
     item_id = str(row.get("id", index))
@@ -24,6 +52,7 @@ def parse_row(row: dict[str, Any], where: str, index: int) -> dict[str, Any]:
             raise DataFormatError(f"{where}: 'messages' must be a list of at least two {{role, content}} objects")
         if msgs[-1]["role"] != "assistant":
             raise DataFormatError(f"{where}: the last message must have role 'assistant' (the response to train on)")
+        msgs = _messages(msgs, where, "messages")
         prompt, response = msgs[:-1], msgs[-1]["content"]
     elif "prompt" in row or "completion" in row:
         for key in ("prompt", "completion"):
@@ -33,9 +62,11 @@ def parse_row(row: dict[str, Any], where: str, index: int) -> dict[str, Any]:
         if _messages_ok(completion):  # TRL's conversational prompt-completion format
             if len(completion) != 1 or completion[0]["role"] != "assistant":
                 raise DataFormatError(f"{where}: 'completion' must be a single assistant message")
-            completion = completion[0]["content"]
+            completion = _text(completion[0]["content"], where, "completion[0].content")
         if not isinstance(prompt, str) and not _messages_ok(prompt):
             raise DataFormatError(f"{where}: 'prompt' must be a string or a list of {{role, content}} messages")
+        if not isinstance(prompt, str):
+            prompt = _messages(prompt, where, "prompt")
         if not isinstance(completion, str):
             raise DataFormatError(f"{where}: 'completion' must be a string")
         response = completion
@@ -53,11 +84,16 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     out, ids = [], set()
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            where = f"line {line_no} of {path.name}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataFormatError(f"{where} is not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                      "save the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"line {line_no} of {path.name}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:

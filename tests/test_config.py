@@ -76,3 +76,22 @@ def test_replace_returns_a_new_validated_profile():
 def test_unknown_profile_lists_the_known_ones():
     with pytest.raises(ConfigError, match="cpu-demo"):
         load_profile("nonexistent-profile")
+
+
+def test_list_overrides_are_yaml_lists():
+    p = load_profile("smoke", "eval.tasks=[mbpp, arc_easy], masking.tau=3")
+    assert p.eval.tasks == ("mbpp", "arc_easy") and p.masking.tau == 3
+    with pytest.raises(ConfigError, match=r"override 'eval.tasks=\[mbpp': .*not valid YAML"):
+        load_profile("smoke", "eval.tasks=[mbpp")
+
+
+def test_an_extends_cycle_is_named(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ConfigError, match=r"'extends' makes a cycle: a.yaml -> b.yaml -> a.yaml"):
+        load_profile(tmp_path / "a.yaml")
+
+
+def test_a_missing_profile_file_lists_the_profiles():
+    with pytest.raises(ConfigError, match=r"configs/x.yaml does not exist \(profiles: .*cpu-demo"):
+        load_profile("configs/x.yaml")

@@ -135,3 +135,14 @@ def test_base_pass_is_memoised_and_results_cached_by_fingerprint(tiny, reference
     assert drift.measure_drift(None, tok, fresh, base=model, n_resamples=20, progress=False, fingerprint="fp-one",
                                cache=cache) == cached == first
     assert len(calls) == n  # a cache hit runs no model
+
+
+def test_non_finite_log_probs_are_refused_naming_the_prompt(tiny, reference):
+    from stmkit.numerics import NonFiniteError
+
+    model, tok = tiny
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match=r"drift: answers: (gsm8k|arc_easy) prompt '[^']+': per-token KL"):
+        drift.measure_drift(broken, tok, reference[0], base=model, n_resamples=20, progress=False)

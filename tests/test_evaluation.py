@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -153,6 +154,44 @@ def test_loglik_mode_picks_the_likely_option(tiny, tmp_path):
     (rec,) = res.records
     assert rec["pred_index"] == 1 and rec["correct"] and res.accuracy == 1.0
     assert len(rec["choice_logprobs"]) == 3
+
+
+def test_loglik_refuses_non_finite_scores_naming_the_item(tiny, tmp_path):
+    from stmkit.numerics import NonFiniteError
+
+    model, tok = tiny
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.model.norm.weight.fill_(float("nan"))
+    items = load("arc_easy", "test", 2)
+    for share in (True, False):
+        with pytest.raises(NonFiniteError, match="item 0"):
+            loglik_choices(broken, tok, ["Q: a?", "Q: b?"], [["x", "y"], ["z"]], share_context=share, progress=False)
+    with pytest.raises(NonFiniteError, match=re.escape(f"arc_easy item {items[0].id!r}")):
+        evaluate_task(broken, tok, "arc_easy", items, "loglik", fingerprint="x", cache=Cache(tmp_path),
+                      progress=False)
+    assert not (tmp_path / "eval").exists() or not any((tmp_path / "eval").iterdir())
+
+
+def test_corrupted_adapter_in_a_cache_entry_is_refused(tiny, tmp_path):
+    from stmkit.cache import CacheCorruptError
+
+    model, tok = tiny
+    cache = Cache(tmp_path)
+    with cache.put("adapters", "k") as d:
+        _make_adapter(model, tok, d / "adapter", steps=1)
+    entry = cache.path("adapters", "k")
+    evaluation.load_adapter(copy.deepcopy(model), entry / "adapter")
+    weights = entry / "adapter" / "adapter_model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + 64] = b"\xff" * 64
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CacheCorruptError, match=rf"{entry}.*adapter_model\.safetensors.*delete"):
+        evaluation.load_adapter(copy.deepcopy(model), entry / "adapter")
+    with pytest.raises(CacheCorruptError):
+        with evaluation.trained_model(model, {"adapter_dir": str(entry / "adapter")}, "fp"):
+            pass
 
 
 # --- the harness --------------------------------------------------------------------------------------------

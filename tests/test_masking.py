@@ -104,3 +104,39 @@ def test_dataset_for_trl_and_share_curve():
     assert ds.column_names == ["id", "input_ids", "labels"] and len(ds) == 3
     curve = masked_share_curve(DATA, [1.5, 2.5, 1000])
     assert curve[1]["masked_share"] == pytest.approx(6 / 11) and curve[2]["masked_share"] == 0.0
+
+
+def test_non_finite_logprob_is_refused_not_left_unmasked():
+    from stmkit.numerics import NonFiniteError
+
+    bad = Scored("nan-example", [1, 2, 3, 4, 5], 3, [-0.1, float("nan")])
+    for rule in ("threshold", "random", "quantile", "low"):
+        with pytest.raises(NonFiniteError, match=r"'nan-example'.*response token 1"):
+            compute_masks(DATA + [bad], rule, tau=2.5)
+
+
+def test_truncated_example_with_nothing_trainable_is_dropped_under_its_own_reason():
+    # cut off at max_length: its last token is a piece of the answer, not the end-of-turn token
+    cut = Scored("cut", list(range(100, 106)), 3, (-np.log([9.0, 8.0, 7.0])).tolist(), truncated=4)
+    for policy in ("keep_eos", "drop"):
+        res = mask_dataset(DATA + [cut], "threshold", tau=2.5, fully_masked=policy)
+        assert "cut" not in res.ids and res.dropped_truncated == ["cut"] and "cut" in res.dropped
+        assert res.stats["examples_dropped_truncated"] == 1 and res.stats["examples_in"] == 4
+        assert "cut" not in res.fully_masked  # fully_masked counts what the keep_eos/drop policy handled
+    # train_end_of_turn keeps the real end-of-turn token only, never the cut-off token
+    kept = mask_dataset([cut], "threshold", tau=2.5, train_end_of_turn=True)
+    assert kept.ids == [] and kept.dropped_truncated == ["cut"]
+    partly = Scored("part", list(range(100, 105)), 3, (-np.log([1.0, 9.0])).tolist(), truncated=1)
+    res = mask_dataset([partly], "threshold", tau=2.5, train_end_of_turn=True)
+    assert res.masks[0].tolist() == [False, True] and res.labels[0][-1] == IGNORE
+
+
+def test_end_of_turn_share_counts_only_examples_that_have_one():
+    # A kept truncated example ends in a piece of the answer: its last mask says nothing about the end-of-turn token.
+    ended = Scored("ended", list(range(100, 105)), 3, (-np.log([1.0, 9.0])).tolist())
+    cut = Scored("cut", list(range(100, 105)), 3, (-np.log([1.0, 9.0])).tolist(), truncated=2)
+    res = mask_dataset([ended, cut], "threshold", tau=2.5)
+    assert res.truncated == ["cut"]
+    assert res.stats["end_of_turn_masked_share"] == 1.0  # 1 of the 1 examples that end in end-of-turn
+    only_cut = mask_dataset([cut], "threshold", tau=2.5)
+    assert only_cut.stats["end_of_turn_masked_share"] == 0.0

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stmkit import pipeline
 from stmkit.config import ConfigError
 from stmkit.pipeline import SWEEPS_DIR, RunSpec, is_complete, load_sweep, run_keys, select
 
@@ -70,6 +71,52 @@ def test_only_selects_a_target_and_what_it_needs():
     assert [r.name for r in select(runs, "table01")] == ["score"]
     with pytest.raises(ConfigError, match="no run of this profile feeds it"):
         select(runs, "table99")
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """pipeline.main in-process (its signal handlers left out); returns (status, stdout, stderr)."""
+    monkeypatch.setattr(pipeline.signal, "signal", lambda *a: None)
+    monkeypatch.setattr(pipeline, "execute", lambda *a: pytest.fail("a notebook was executed"))
+
+    def run(*argv):
+        rc = pipeline.main(list(argv))
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
+def test_unknown_profile_lists_the_profiles(cli):
+    rc, _, err = cli("--profile", "nope", "--dry-run")
+    assert rc == 2 and err.startswith("stmkit reproduce: error: unknown profile 'nope'") and "cpu-demo" in err
+
+
+def test_profile_as_a_path(cli, tmp_path):
+    rc, out, _ = cli("--profile", str(pipeline.CONFIG_DIR / "smoke.yaml"), "--dry-run", "--results-dir", str(tmp_path))
+    assert rc == 0 and "profile smoke," in out
+    rc, _, err = cli("--profile", "configs/x.yaml", "--dry-run")
+    assert rc == 2 and "configs/x.yaml does not exist (profiles: " in err and err.count("\n") == 1
+    elsewhere = tmp_path / "mine.yaml"
+    elsewhere.write_text("extends: smoke\n")
+    rc, _, err = cli("--profile", str(elsewhere), "--dry-run")
+    assert rc == 2 and "profiles in configs/ by name" in err
+
+
+def test_dry_run_creates_no_results_folder(cli, tmp_path):
+    rc, out, _ = cli("--profile", "smoke", "--dry-run", "--results-dir", str(tmp_path / "r"))
+    assert rc == 0 and "papermill" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_unwritable_results_or_cache_is_named_before_anything_runs(cli, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    rc, _, err = cli("--profile", "smoke", "--results-dir", str(blocker / "r"))
+    assert rc == 2 and err.startswith(f"stmkit reproduce: error: --results-dir {blocker / 'r'} is not a writable")
+    monkeypatch.setenv("STMKIT_CACHE", str(blocker / "cache"))
+    rc, _, err = cli("--profile", "smoke", "--results-dir", str(tmp_path / "r"))
+    assert rc == 2 and err.startswith(f"stmkit reproduce: error: STMKIT_CACHE={blocker / 'cache'} is not a writable")
 
 
 def _reproduce(results, *extra, **kw):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -95,3 +97,23 @@ def test_empty_response_is_refused_with_its_id(tiny):
     _, tok = tiny
     with pytest.raises(ValueError, match="'z' has an empty response"):
         render_examples(tok, [{"id": "z", "prompt": "p", "response": ""}])
+
+
+def _poisoned(model):
+    """A copy of the model whose final norm is NaN: every log-prob it gives is NaN (as corrupted weights did)."""
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad.model.norm.weight.fill_(float("nan"))
+    return bad
+
+
+def test_non_finite_logprobs_are_refused_with_the_example_and_never_cached(tiny, tmp_path):
+    from stmkit.numerics import NonFiniteError
+
+    model, tok = tiny
+    with pytest.raises(NonFiniteError, match=r"example 'a' \(index 0\)"):
+        score_rendered(_poisoned(model), render_examples(tok, EXAMPLES), tok.pad_token_id, progress=False)
+    cache = Cache(tmp_path)
+    with pytest.raises(NonFiniteError, match="example 'a'"):
+        score_examples(_poisoned(model), tok, EXAMPLES, model_fingerprint="fp", cache=cache, progress=False)
+    assert not (tmp_path / "scores").exists() or not any((tmp_path / "scores").iterdir())

@@ -362,3 +362,40 @@ def test_group_by_length_batches_similar_lengths_and_still_covers_every_row(tiny
     grouped = run(rows, dataclasses.replace(cfg, group_by_length=True), cache, tok).order
     assert sorted(r for mb in grouped for r in mb) == list(range(32))
     assert padded(grouped) < 0.95 * padded(random_order), (padded(grouped), padded(random_order))
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_non_finite_loss_stops_training_naming_the_step(tiny, tmp_path, monkeypatch, compact):
+    """NaN weights give a NaN loss: refused at the step it appears (stmkit's compact head and TRL's own loss)."""
+    from stmkit.numerics import NonFiniteError
+
+    _, tok = tiny
+    monkeypatch.setattr(training, "COMPACT_HEAD_OFF_GPU", compact)
+    trainer = training.build_trainer("tiny-llama", training.as_dataset(_synthetic([3, 4])), BASE, tmp_path,
+                                     tokenizer=tok, device="cpu", progress=False)
+    with torch.no_grad():
+        trainer.model.get_base_model().model.norm.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match=r"training step 1\b.*loss"):
+        trainer.train()
+    lora_b = next(p for n, p in trainer.model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        lora_b.fill_(float("inf"))
+    with pytest.raises(NonFiniteError, match=r"weight .*lora_B.* to be saved"):  # the last step has no loss after it
+        training._save(trainer, tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_corrupted_cached_adapter_is_refused_on_a_cache_hit(tiny, scored, tmp_path):
+    from stmkit.cache import CacheCorruptError
+
+    _, tok = tiny
+    cache = Cache(tmp_path)
+    data = masking.mask_dataset(scored[:2], "none")
+    first = run(data, dataclasses.replace(BASE, max_steps=1), cache, tok)
+    weights = first.adapter_dir / "adapter_model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + 64] = b"\xff" * 64  # same size: NaN and huge weights where the adapter's numbers were
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CacheCorruptError, match=rf"{first.dir}.*adapter_model\.safetensors.*delete"):
+        run(data, dataclasses.replace(BASE, max_steps=1), cache, tok)

@@ -67,3 +67,87 @@ def test_mask_command_reports_bad_input_without_traceback(tmp_path, capsys):
     data = _write(tmp_path, [{"prompt": "x"}])
     assert main(["mask", "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     assert "line 1 of data.jsonl: missing field 'completion'" in capsys.readouterr().err
+
+
+def test_text_parts_content_is_read_as_its_text(tmp_path):
+    parts = [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour."}]
+    rows = [{"messages": [{"role": "user", "content": parts},
+                          {"role": "assistant", "content": [{"type": "text", "text": "Blue."}]}]},
+            {"prompt": [{"role": "user", "content": parts}], "completion": "Red."}]
+    out = read_jsonl(_write(tmp_path, rows))
+    assert out[0]["prompt"] == [{"role": "user", "content": "Name a colour."}] and out[0]["response"] == "Blue."
+    assert out[1]["prompt"][0]["content"] == "Name a colour."
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "a"}]},
+         r"line 2 of data.jsonl: 'messages\[0\].content' must be a string or a list of .*text.* parts; got null"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "url": "x.png"}]},
+                       {"role": "assistant", "content": "a"}]},
+         r"line 2 of data.jsonl: 'messages\[0\].content\[0\]' is \{\"type\": \"image\".*only .*text.* parts"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]},
+         r"line 2 of data.jsonl: 'messages\[1\].content' must be a string"),
+        ({"prompt": [{"role": "user", "content": 5}], "completion": "a"},
+         r"line 2 of data.jsonl: 'prompt\[0\].content' must be a string .*got int"),
+    ],
+)
+def test_message_content_that_is_not_text_names_the_line_and_field(tmp_path, bad, match):
+    with pytest.raises(DataFormatError, match=match):
+        read_jsonl(_write(tmp_path, [ROWS[0], bad]))
+
+
+def test_a_non_utf8_byte_names_the_file_and_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(json.dumps(ROWS[0]).encode() + b'\n{"prompt": "caf\xe9", "completion": "x"}\n')
+    with pytest.raises(DataFormatError, match=r"line 2 of data.jsonl is not UTF-8 .*0xe9.*save the file as UTF-8"):
+        read_jsonl(path)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """`stmkit mask` must refuse bad input before it loads any model."""
+    import stmkit.models
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(stmkit.models, "load_model", refuse)
+
+
+def test_mask_refuses_a_non_string_user_content_before_loading_the_model(tmp_path, capsys, no_model):
+    data = _write(tmp_path, [{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]}])
+    assert main(["mask", "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stmkit: error: line 1 of data.jsonl: 'messages[0].content'") and err.count("\n") == 1
+
+
+def test_mask_refuses_an_existing_file_as_out_before_any_work(tmp_path, capsys, no_model):
+    data, out = _write(tmp_path, ROWS), tmp_path / "out.txt"
+    out.write_text("keep me")
+    assert main(["mask", "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stmkit: error: --out {out} is an existing file") and err.count("\n") == 1
+    assert out.read_text() == "keep me"
+
+
+def test_mask_names_an_unwritable_out_or_cache(tmp_path, capsys, monkeypatch, no_model):
+    data, blocker = _write(tmp_path, ROWS), tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["mask", "--data", str(data), "--out", str(blocker / "o")]) == 2
+    assert capsys.readouterr().err.startswith(f"stmkit: error: --out {blocker / 'o'} is not a writable folder")
+    monkeypatch.setenv("STMKIT_CACHE", str(blocker / "cache"))
+    assert main(["mask", "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stmkit: error: STMKIT_CACHE={blocker / 'cache'} is not a writable folder")
+    assert "set STMKIT_CACHE" in err
+
+
+def test_python_dash_m_stmkit_is_the_stmkit_command():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "stmkit", "models"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "smollm2-135m-instruct" in res.stdout

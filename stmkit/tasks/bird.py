@@ -666,7 +666,7 @@ def ensure_standin(seed: int = 0, n_items: int = STANDIN_ITEMS, *, prompt_style:
     if not root.is_dir():
         with atomic_dir(root, meta={"standin_version": STANDIN_VERSION, "seed": seed, "n_items": n_items}) as tmp:
             build_standin(tmp, n_items, seed)
-    verify_dir(root, deep=False)
+    verify_dir(root)
     return load_standin(root, prompt_style=prompt_style)
 
 
