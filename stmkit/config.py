@@ -134,6 +134,10 @@ class EvalConfig:
     bootstrap: int = 1000  # bootstrap resamples for confidence intervals
     sandbox_timeout_s: float = 10.0
     bird_dir: str = ""  # BIRD dev folder (dev.json + dev_databases/); "" = $STMKIT_BIRD_DIR, else the stand-in
+    # Gold-answer NLL (stmkit.gold_nll), the powered forgetting measure: non-target tasks and the target task
+    gold_tasks: tuple[str, ...] = ()  # non-target tasks; () = none (the target is measured when gold_target_items)
+    gold_items: int = 200  # first test items per non-target task
+    gold_target_items: int = 0  # first test items of the target task (0 = not measured)
 
     def validate(self, where: str) -> None:
         _check(self.n_items >= 0, where, "n_items", "must be >= 0")
@@ -145,6 +149,10 @@ class EvalConfig:
         _check(self.bootstrap >= 1, where, "bootstrap", "must be >= 1")
         for i, spec in enumerate(self.tasks):
             _check_task_spec(spec, where, f"tasks[{i}]")
+        for i, spec in enumerate(self.gold_tasks):
+            _check_task_spec(spec, where, f"gold_tasks[{i}]")
+        _check(self.gold_items >= 2, where, "gold_items", "must be >= 2 (intervals resample items)")
+        _check(self.gold_target_items >= 0, where, "gold_target_items", "must be >= 0 (0 = not measured)")
         if self.bird_dir:
             _check(Path(self.bird_dir).expanduser().is_dir(), where, "bird_dir",
                    f"is {self.bird_dir!r}, which is not a folder; point it at the unpacked BIRD dev set")

@@ -31,7 +31,7 @@ import numpy as np
 from .cache import Cache, content_key, dumps_finite
 from .numerics import require_finite
 
-DRIFT_VERSION = 1
+DRIFT_VERSION = 2  # 2: per-prompt KL recorded (the verdict's intervals resample prompts)
 KL_CHUNK = 1024  # response positions per full-vocabulary log-softmax (bounds memory for 256k vocabularies)
 # The base pass is kept in memory for the next model up to this size (cpu-demo: ~1.2k answer tokens x 49k
 # vocabulary, ~0.3 GB); beyond it every model recomputes it (paper scale: 256k vocabularies).
@@ -317,7 +317,7 @@ def measure_drift(
     """Drift of a fine-tuned model from its base on the reference answers, per task and overall ("all").
 
     Per task: kl (+ kl_low/kl_high, bootstrap over prompts), nll_base, nll_finetuned, delta_nll (on the base's
-    answers), gold_nll_base, gold_nll_finetuned, delta_gold_nll, n_prompts, n_tokens. "all" averages the tasks
+    answers), gold_nll_base, gold_nll_finetuned, delta_gold_nll, n_prompts, n_tokens, per_prompt_kl ({id: kl}). "all" averages the tasks
     with equal weight (as BWT does). KL and NLL in nats per token.
 
     fingerprint: the fine-tuned model's (evaluation.trained_model gives it); with it the result is cached by that
@@ -392,6 +392,7 @@ def _measure(
             "delta_nll": nf - nb, "gold_nll_base": gb, "gold_nll_finetuned": gf,
             "delta_gold_nll": gf - gb if g else None,
             "n_prompts": len(idx), "n_tokens": int(sum(len(reference.items[k].response_ids) for k in idx)),
+            "per_prompt_kl": {reference.items[k].id: float(resp[k][0]) for k in idx},
         }  # fmt: skip
     keys = (
         "kl",

@@ -92,3 +92,53 @@ def nll_rise(tuned: dict[str, float], base: dict[str, float]) -> dict[str, float
         raise ValueError(f"gold-answer NLL of the two models covers different items (e.g. {missing[:3]}); "
                          "measure both on the same items")
     return {k: tuned[k] - base[k] for k in base}
+
+
+def measure_model(
+    model: Any,
+    tokenizer: Any,
+    eval_cfg: Any,
+    target: str,
+    *,
+    fingerprint: str,
+    source: str = "embedded",
+    out_dir: Any = None,
+    cache: Cache | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Gold-answer NLL of one model on the profile's gold tasks (eval.gold_tasks x eval.gold_items) and its target
+    (eval.gold_target_items) -> {task: {mean, n, path}}; per-item values go to out_dir/gold_nll_<task>.json."""
+    from pathlib import Path
+
+    from .cache import atomic_write_text
+
+    plan = [(t, eval_cfg.gold_items) for t in eval_cfg.gold_tasks if t != target]
+    if eval_cfg.gold_target_items:
+        plan.append((target, eval_cfg.gold_target_items))
+    out: dict[str, dict[str, Any]] = {}
+    for task, n in plan:
+        items = gold_items(tokenizer, task, n, source=source)
+        nll = gold_nll(model, tokenizer, items, fingerprint=fingerprint, cache=cache, batch_size=eval_cfg.batch_size,
+                       progress=progress)
+        entry: dict[str, Any] = {"mean": float(np.mean(list(nll.values()))), "n": len(nll),
+                                 "role": "target" if task == target else "non-target"}
+        if out_dir is not None:
+            path = Path(out_dir) / f"gold_nll_{task}.json"
+            atomic_write_text(path, dumps_finite(nll, f"gold-answer NLL of {task}"))
+            entry["path"] = str(path)
+        out[task] = entry
+    return out
+
+
+def load_per_item(entry: dict[str, Any]) -> dict[str, float]:
+    """The per-item values measure_model wrote for one task."""
+    from pathlib import Path
+
+    return json.loads(Path(entry["path"]).read_text())
+
+
+def summary_table(gold: dict[str, dict[str, dict[str, Any]]]) -> Any:
+    """Mean gold-answer NLL, one row per model, one column per task (nats per token)."""
+    import pandas as pd
+
+    return pd.DataFrame({model: {task: e["mean"] for task, e in tasks.items()} for model, tasks in gold.items()}).T

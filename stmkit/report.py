@@ -1270,6 +1270,9 @@ def write_report(ctx: Context, sections: list[Section]) -> tuple[Path, Path]:
         + ("These are small-scale results, not comparable in absolute terms with the paper's 2B-9B models. "
            if ctx.profile != "paper" else ""),
         "",
+    ]
+    lines += [_verdict_markdown(ctx, ", ".join(models) or "no model"), ""]
+    lines += [
         f"{len(made)} of {len(sections)} paper tables and figures made; the rest say what they need.",
         "",
         "| output | status | claim at this scale |",
@@ -1313,6 +1316,19 @@ def write_report(ctx: Context, sections: list[Section]) -> tuple[Path, Path]:
         "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style>\n" + html,
     )
     return md_path, html_path
+
+
+def _verdict_markdown(ctx: Context, model: str) -> str:
+    """"Verdict at this scale" (stmkit.report_verdict); a failure is reported in its place, never hides the rest."""
+    from . import report_verdict
+
+    try:
+        evaluate = list(ctx.by_stage("evaluate").values())
+        score = next(iter(ctx.by_stage("score").values()), {})
+        data = report_verdict.collect(_sft(ctx), evaluate, score, lambda info: _main_setting(ctx, info))
+        return report_verdict.section(data, ctx.tables_dir, model)
+    except Exception as exc:  # a bug to report, not a reason to lose the report
+        return f"## Verdict at this scale\n\nThe verdict could not be computed: `{type(exc).__name__}: {exc}`."
 
 
 def build_report(root: Path, profile: str) -> list[Section]:

@@ -160,6 +160,11 @@ def test_smoke_reproduce_then_rerun_executes_nothing(tmp_path):
     figures = json.loads((tmp_path / "runs" / "figures" / "run.json").read_text())["results"]
     assert figures["covers_not_made"] == [], figures["covers_not_made"]
     assert (tmp_path / "REPORT.md").is_file() and (tmp_path / "REPORT.html").is_file()
+    # The report opens with the verdict, computed from the seeds the smoke sweep trains (2 per main arm).
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "## Verdict at this scale" in report and "could not be computed" not in report
+    assert "ground truth [0, 1]" in report and "STM, end-of-turn trained [0]" in report
+    assert (tmp_path / "tables" / "verdict.csv").is_file()
     before = _markers(tmp_path)
     again = _reproduce(tmp_path)
     assert again.returncode == 0 and "0 executed" in again.stdout

@@ -1,0 +1,195 @@
+"""The verdict at this scale: each paper claim a small model can test, judged on every measure, computed not typed.
+
+Input is plain data (what the report reads from the runs): which model label each arm trained with each seed,
+per-item measurements of every model, ||ΔW|| per trained model, and per-problem sequence PPL per data source.
+Output is one row per (claim, arm, measure): the estimate, a 95% interval over seeds and items, the minimum effect
+the design detects with 80% power, the paper's corresponding number, and the verdict word (stmkit.power).
+
+Measures (per item; d[seed, item] is formed per claim):
+- ``gold_nll``: gold-answer NLL on non-target tasks (nats/token; a rise is ability lost), stmkit.gold_nll;
+- ``kl``: KL drift from the base on its own answers (nats/token; distance, not ability), stmkit.drift;
+- ``accuracy``: non-target accuracy, as a relative change in % of the base's accuracy on the same items (the
+  paper's BWT is the mean of such changes per task);
+- ``target_gold_nll`` and ``target_accuracy``: the same on the target task (TI's measure).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import power
+
+BASE = "Original"
+# measure -> (what it is, sign of "ability lost" for a non-target measure)
+MEASURES = {
+    "gold_nll": ("gold-answer NLL, non-target (nats/token)", +1),
+    "accuracy": ("accuracy, non-target (relative change, %)", -1),
+    "kl": ("KL drift from the base (nats/token; distance)", +1),
+    "target_gold_nll": ("gold-answer NLL, target (nats/token)", +1),
+    "target_accuracy": ("accuracy, target (relative change, %)", -1),
+}
+FORGETTING = ("gold_nll", "accuracy", "kl")
+TARGET = ("target_gold_nll", "target_accuracy")
+RELATIVE = ("accuracy", "target_accuracy")
+
+
+@dataclass
+class VerdictInput:
+    """What the verdict reads. arms: {arm: {seed: model label}}; items: {(label, measure): {item: value}}."""
+
+    arms: dict[str, dict[int, str]]
+    items: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    delta_w: dict[str, float] = field(default_factory=dict)
+    seq_ppl: dict[str, dict[str, float]] = field(default_factory=dict)  # {data source: {problem id: seq PPL}}
+    paper: dict[str, tuple[float | None, str]] = field(default_factory=dict)  # claim key -> (effect, text)
+
+
+@dataclass(frozen=True)
+class Row:
+    claim: str
+    arm: str
+    measure: str
+    estimate: float | None
+    low: float | None
+    high: float | None
+    mde: float | None
+    seeds: int
+    items: int
+    paper: str
+    verdict: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CLAIMS = {
+    "gt_forgets": "1. Ground-truth fine-tuning loses non-target ability (vs the base)",
+    "stm_less": "2. STM loses less than ground truth",
+    "stm_keeps_target": "3. STM keeps ground truth's target-task gain",
+    "high_beats_controls": "4. Masking high-PPL tokens forgets less than random / low-PPL masking (Table 3)",
+    "delta_w": "5. STM's ||ΔW|| is smaller than ground truth's (Table 7)",
+    "ppl_order": "6. Ground truth has higher sequence PPL than Self-Output and Rephrase data (Table 1)",
+}
+
+
+def _matrix(data: VerdictInput, measure: str, runs: Mapping[int, str],
+            minus: Callable[[int], str | None]) -> np.ndarray | None:
+    """d[seed, item] = value(run of seed) - value(minus(seed)) over the items every involved model has."""
+    rows, seeds = [], [s for s in sorted(runs) if minus(s) is not None]
+    tables = [(data.items.get((runs[s], measure)), data.items.get((minus(s), measure))) for s in seeds]  # type: ignore[arg-type]
+    tables = [(a, b) for a, b in tables if a and b]
+    if not tables:
+        return None
+    common = set.intersection(*[set(a) & set(b) for a, b in tables])
+    keys = sorted(common)
+    if len(keys) < 2:
+        return None
+    for a, b in tables:
+        rows.append([a[k] - b[k] for k in keys])
+    d = np.asarray(rows, dtype=float)
+    if measure in RELATIVE:  # relative change in % of the base's accuracy on the same items
+        base = data.items.get((BASE, measure))
+        mean = float(np.mean([base[k] for k in keys])) if base else 0.0
+        if mean <= 0:
+            return None
+        d = 100.0 * d / mean
+    return d
+
+
+def _row(claim: str, arm: str, measure: str, d: np.ndarray | None, sign: int, data: VerdictInput,
+         seeds_matter: bool = True) -> Row:
+    effect, text = data.paper.get(f"{claim}:{measure}", data.paper.get(claim, (None, "—")))
+    label = MEASURES[measure][0] if measure in MEASURES else measure
+    if d is None:
+        return Row(CLAIMS[claim], arm, label, None, None, None, None, 0, 0, text, "not measured",
+                   "the runs this needs are missing (see the sweep that makes them)")
+    est = power.crossed_interval(d)
+    verdict = power.judge(est if seeds_matter else _as_if_seeded(est), sign, effect)
+    return Row(CLAIMS[claim], arm, label, est.mean, est.low, est.high, est.mde, est.n_seeds, est.n_items, text,
+               verdict.word, verdict.reason)
+
+
+def _as_if_seeded(est: power.Estimate) -> power.Estimate:
+    """For a deterministic measure (no training seed involved) the item interval is the whole interval."""
+    return power.Estimate(est.mean, est.low, est.high, est.se, est.df, est.mde, max(est.n_seeds, 2), est.n_items)
+
+
+def _seed_row(claim: str, arm: str, values: list[float], sign: int, data: VerdictInput) -> Row:
+    """A measure with one value per seed (||ΔW||): a t interval over seeds."""
+    effect, text = data.paper.get(claim, (None, "—"))
+    label = "||ΔW|| (per seed)"
+    if len(values) < 2:
+        est = None
+        return Row(CLAIMS[claim], arm, label, values[0] if values else None, None, None, None, len(values), 0, text,
+                   "inconclusive" if values else "not measured",
+                   "one seed: seed-to-seed variation is unmeasured" if values else "the runs this needs are missing")
+    v = np.asarray(values, dtype=float)
+    se = float(v.std(ddof=1) / math.sqrt(len(v)))
+    df = float(len(v) - 1)
+    half = power.t_quantile(0.975, df) * se
+    est = power.Estimate(float(v.mean()), float(v.mean()) - half, float(v.mean()) + half, se, df,
+                         power.minimum_detectable_effect(se, df), len(v), 0)
+    verdict = power.judge(est, sign, effect)
+    return Row(CLAIMS[claim], arm, label, est.mean, est.low, est.high, est.mde, est.n_seeds, 0, text, verdict.word,
+               verdict.reason)
+
+
+def build(data: VerdictInput) -> list[Row]:
+    """Every row of the verdict table, in the order the report shows them."""
+    rows: list[Row] = []
+    gt = data.arms.get("ground truth", {})
+    stm_arms = [a for a in data.arms if a.startswith("STM")]
+    for m in FORGETTING:
+        rows.append(_row("gt_forgets", "ground truth", m, _matrix(data, m, gt, lambda s: BASE), MEASURES[m][1], data))
+    for arm in stm_arms:
+        runs = data.arms[arm]
+        for m in FORGETTING:
+            d = _matrix(data, m, runs, gt.get)
+            rows.append(_row("stm_less", arm, m, d, -MEASURES[m][1], data))
+    for arm in stm_arms:
+        runs = data.arms[arm]
+        for m in TARGET:
+            d = _matrix(data, m, runs, gt.get)
+            rows.append(_row("stm_keeps_target", arm, m, d, -MEASURES[m][1], data))
+    stm = data.arms.get("STM", {})
+    for control in ("random", "low"):
+        if control in data.arms:
+            runs = data.arms[control]
+            d = _matrix(data, "gold_nll", stm, runs.get)
+            rows.append(_row("high_beats_controls", f"STM vs {control}", "gold_nll", d, -1, data))
+    for arm in stm_arms:
+        runs = data.arms[arm]
+        diffs = [data.delta_w[runs[s]] - data.delta_w[gt[s]] for s in sorted(runs)
+                 if s in gt and runs[s] in data.delta_w and gt[s] in data.delta_w]
+        rows.append(_seed_row("delta_w", f"{arm} − ground truth", diffs, -1, data))
+    gt_ppl = data.seq_ppl.get("Ground Truth")
+    for source in ("Self-Output", "Rephrase"):
+        other = data.seq_ppl.get(source)
+        d = None
+        if gt_ppl and other and len(set(gt_ppl) & set(other)) >= 2:
+            keys = sorted(set(gt_ppl) & set(other))
+            d = np.asarray([[gt_ppl[k] - other[k] for k in keys]])
+        row = _row("ppl_order", f"Ground Truth − {source}", "sequence PPL", d, +1, data, seeds_matter=False)
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[Row]) -> Any:
+    """The rows as a DataFrame with formatted estimate and interval columns."""
+    import pandas as pd
+
+    def fmt(v: float | None) -> str:
+        return "—" if v is None else f"{v:+.3g}"
+
+    return pd.DataFrame([{
+        "claim": r.claim, "arm": r.arm, "measure": r.measure, "estimate": fmt(r.estimate),
+        "95% CI": "—" if r.low is None else f"[{r.low:+.3g}, {r.high:+.3g}]",
+        "MDE (80%)": "—" if r.mde is None else f"{r.mde:.3g}", "seeds × items": f"{r.seeds} × {r.items}",
+        "paper": r.paper, "verdict": r.verdict, "why": r.reason,
+    } for r in rows])  # fmt: skip

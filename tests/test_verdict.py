@@ -1,0 +1,81 @@
+"""The verdict table on synthetic runs with planted effects: words follow the data, never the other way round."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stmkit import verdict
+from stmkit.verdict import BASE, VerdictInput
+
+
+def _planted(seeds=(0, 1, 2), items=200, rise_gt=0.2, rise_stm=0.05) -> VerdictInput:
+    rng = np.random.default_rng(0)
+    keys = [f"arc_easy:{i}" for i in range(items)]
+    base = dict(zip(keys, rng.normal(1.0, 0.3, items), strict=True))
+    acc_base = {k: float(rng.random() < 0.5) for k in keys}
+    arms = {"ground truth": {s: f"gt-s{s}" for s in seeds}, "STM": {s: f"stm-s{s}" for s in seeds}}
+    data = VerdictInput(arms=arms)
+    data.items[(BASE, "gold_nll")] = base
+    data.items[(BASE, "accuracy")] = acc_base
+    for arm, rise in (("ground truth", rise_gt), ("STM", rise_stm)):
+        for label in arms[arm].values():
+            shift = rng.normal(0, 0.01)
+            data.items[(label, "gold_nll")] = {k: v + rise + shift + rng.normal(0, 0.05) for k, v in base.items()}
+            data.items[(label, "accuracy")] = dict(acc_base)  # accuracy does not move
+            data.delta_w[label] = (2.0 if arm == "ground truth" else 0.5) + rng.normal(0, 0.05)
+    data.seq_ppl = {"Ground Truth": {str(i): 4.0 + rng.random() for i in range(20)},
+                    "Self-Output": {str(i): 1.2 + 0.1 * rng.random() for i in range(20)}}
+    return data
+
+
+def _row(rows, claim_key, arm, measure_word):
+    return next(r for r in rows if r.claim == verdict.CLAIMS[claim_key] and r.arm == arm and measure_word in r.measure)
+
+
+def test_planted_effects_hold_and_absent_ones_are_inconclusive():
+    rows = verdict.build(_planted())
+    gt = _row(rows, "gt_forgets", "ground truth", "gold-answer NLL")
+    assert gt.verdict == "holds" and abs(gt.estimate - 0.2) < 0.03 and gt.seeds == 3 and gt.items == 200
+    assert _row(rows, "stm_less", "STM", "gold-answer NLL").verdict == "holds"
+    assert _row(rows, "gt_forgets", "ground truth", "accuracy").verdict == "inconclusive"
+    assert _row(rows, "delta_w", "STM − ground truth", "ΔW").verdict == "holds"
+    assert _row(rows, "ppl_order", "Ground Truth − Self-Output", "sequence PPL").verdict == "holds"
+    assert _row(rows, "gt_forgets", "ground truth", "KL").verdict == "not measured"
+
+
+def test_stm_forgetting_more_is_contradicted():
+    rows = verdict.build(_planted(rise_gt=0.05, rise_stm=0.3))
+    assert _row(rows, "stm_less", "STM", "gold-answer NLL").verdict == "contradicted"
+
+
+def test_one_seed_never_supports_a_claim():
+    rows = verdict.build(_planted(seeds=(0,)))
+    gt = _row(rows, "gt_forgets", "ground truth", "gold-answer NLL")
+    assert gt.verdict == "inconclusive" and "one seed" in gt.reason
+    assert _row(rows, "delta_w", "STM − ground truth", "ΔW").verdict == "inconclusive"
+
+
+def test_pairs_by_seed_and_item_and_the_table_formats():
+    data = _planted()
+    del data.items[("stm-s2", "gold_nll")]  # a missing model drops its seed, not the row
+    rows = verdict.build(data)
+    assert _row(rows, "stm_less", "STM", "gold-answer NLL").seeds == 2
+    df = verdict.table(rows)
+    assert {"claim", "estimate", "95% CI", "MDE (80%)", "paper", "verdict"} <= set(df.columns)
+
+
+def test_report_section_from_run_records(tmp_path):
+    from stmkit import report_verdict
+
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"task": "arc_easy", "id": "1", "correct": true}\n{"task": "arc_easy", "id": "2", "correct": false}\n')
+    sft = {
+        f"sft-{m}-s{s}": {"method": m, "delta_w": 1.0 + s, "record": {"config": {"training": {"seed": s}, "masking": {}}}}
+        for m in ("gt", "stm") for s in (0, 1)
+    }
+    ev = {"results": {"target": "mbpp", "accuracy": {name: {"arc_easy": {"items_path": str(items)}}
+                                                     for name in [*sft, "Original"]}}}
+    data = report_verdict.collect(sft, [ev], {}, lambda info: True)
+    assert data.arms == {"ground truth": {0: "sft-gt-s0", 1: "sft-gt-s1"}, "STM": {0: "sft-stm-s0", 1: "sft-stm-s1"}}
+    md = report_verdict.section(data, tmp_path / "tables", "tiny")
+    assert md.startswith("## Verdict at this scale") and "BWT" in md and (tmp_path / "tables" / "verdict.csv").is_file()
