@@ -13,8 +13,11 @@ How one run is contained (every layer that the OS allows is used; ``isolation_re
 - **Filesystem**: a fresh temporary working directory (also ``HOME``), deleted afterwards.
 - **Private scratch** (model-written code only): a new mount namespace in which ``/tmp``, ``/var/tmp`` and
   ``/dev/shm`` are one size-limited tmpfs (``scratch_mb``) holding the working directory too, so everything the code
-  writes counts against that limit and vanishes with the namespace. Where no mount namespace can be made, files
-  that uid ``nobody`` left in those folders during the run are removed afterwards (``scratch_sweep``).
+  writes counts against that limit and vanishes with the namespace. Where no mount namespace can be made (or a
+  folder holds the code's interpreter and must stay shared), files that uid ``nobody`` left in the shared folders
+  during the run are removed afterwards (``scratch_sweep``). ``/run/lock`` is covered too.
+- **IPC and /proc**: a new IPC namespace (SysV shared memory, semaphores and message queues die with the run) and a
+  ``/proc`` of the sandbox's own PID namespace, so concurrent runs (all uid ``nobody``) cannot see each other.
 - **Completion proof** (``check_program``): setup, code and each test run as separate compiled units under a small
   driver; the run passes only when the driver, after the last test statement, writes a per-run random token
   (sent on a pipe and held only in the driver's locals) to a verdict pipe. Any way of leaving early --
@@ -47,12 +50,14 @@ only reads (no ATTACH, DETACH, PRAGMA, writes or schema changes, no ``load_exten
 limit, and a row cap.
 
 Layer names in ``SandboxResult.isolation``: rlimit_cpu, rlimit_as, rlimit_fsize, rlimit_core, rlimit_nproc,
-wall_timer, netns, pidns, userns, mountns, scratch_tmpfs, scratch_sweep, uid_65534, socket_guard, subreaper_sweep.
+wall_timer, netns, pidns, ipcns, userns, mountns, private_proc, scratch_tmpfs, scratch_partial, scratch_sweep,
+uid_65534, socket_guard, subreaper_sweep.
 
 Not covered: without a mount namespace and without root, files the code leaves in world-writable places outlive the
 run. The completion proof stops ordinary code; code written to dig the token out of the driver's frame or file
 descriptors can still forge a pass, and a test can be fooled by a returned object whose ``__eq__`` always says
-True (as in every assert-based checker, HumanEval's included). Without a PID namespace, ``kill(-1, ...)`` reaches every process of uid nobody (or of the kit's user
+True, or by code that shadows what the tests call (``def set(x): ...``, ``math.isclose = ...``): tests share the
+code's namespace and modules, as in every assert-based checker, HumanEval's included. Without a PID namespace, ``kill(-1, ...)`` reaches every process of uid nobody (or of the kit's user
 when not root), and if the parent's backstop has to kill the launcher itself, descendants that left the process
 group survive it.
 Without root, the code runs as the kit's own user (in a user namespace where possible) and can read and write
@@ -84,7 +89,7 @@ NOBODY = 65534
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 WORKDIR_PREFIX = "stmkit-sbx-"
 STATUSES = ("ok", "error", "early_exit", "timeout", "memory", "output_limit", "killed")
-SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # the world-writable places
 SQL_STATUSES = ("ok", "error", "timeout", "row_cap")
 
 _GRACE_S = 2.0  # extra wall time the parent allows the launcher to stop the code and report
@@ -177,9 +182,9 @@ def make_scratch():
     layers.append("mountns")
     if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         return
-    # A folder that holds the code's interpreter must stay visible.
-    dirs = [d for d in cfg["scratch_dirs"] if os.path.isdir(d) and not os.path.islink(d)
-            and not cfg["interpreter"].startswith(d.rstrip("/") + "/")]
+    # A folder that holds the code's interpreter must stay visible (then the scratch is partial: the parent sweeps).
+    present = [d for d in cfg["scratch_dirs"] if os.path.isdir(d) and not os.path.islink(d)]
+    dirs = [d for d in present if not cfg["interpreter"].startswith(d.rstrip("/") + "/")]
     if not dirs:
         return
     work = cfg["workdir"]
@@ -206,7 +211,7 @@ def make_scratch():
             for path in [work] + [os.path.join(work, n) for n in saved]:
                 os.chown(path, cfg["drop_to"], cfg["drop_to"])
         os.chdir(work)
-    layers.append("scratch_tmpfs")
+    layers.append("scratch_tmpfs" if dirs == present else "scratch_partial")
 
 if cfg["namespaces"]:
     NEWNET, NEWPID, NEWUSER = 0x40000000, 0x20000000, 0x10000000
@@ -222,6 +227,8 @@ if cfg["namespaces"]:
     elif libc.unshare(NEWUSER | NEWNET) == 0:
         layers += ["userns", "netns"]
         map_ids(uid, gid)
+    if libc.unshare(0x08000000) == 0:  # CLONE_NEWIPC: SysV shared memory, semaphores, message queues stay private
+        layers.append("ipcns")
     if cfg["scratch_mb"] is not None:
         make_scratch()
 if "netns" not in layers:
@@ -280,6 +287,9 @@ def sweep():
 def supervise(in_pidns):
     if not in_pidns:
         libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    elif "mountns" in layers and libc.mount(b"proc", b"/proc", b"proc", 2 | 4 | 8, None) == 0:
+        # A /proc of this PID namespace only: concurrent runs (same uid nobody) cannot see or touch each other.
+        report(layers=layers + ["private_proc"])
     pid = os.fork()
     if pid == 0:
         run_code()
@@ -339,10 +349,12 @@ _runpy.run_path(_path, run_name="__main__")
 """
 
 # The check driver: `python -u -c _CHECK_DRIVER check.json TOKEN_FD VERDICT_FD`. Every unit (setup, code, each test)
-# is compiled before any of them runs, and everything the driver calls afterwards is bound to its own locals first,
-# so code that replaces builtins, os.write, exec, hooks or tracers cannot make it skip a test. The token comes on a
-# pipe that is closed before the code runs and lives only in this function's locals; it is written, prefixed to the
-# final record, only after the last test returned. Every record carries the token, so the code cannot forge one.
+# is compiled before any of them runs, and what the driver calls afterwards is bound to its own locals first, so
+# code that replaces builtins, os.write, exec, json or hooks cannot make it skip a test. The token comes on a pipe
+# that is closed before the code runs; the proof line (token + count) is built before the code runs, lives only in
+# this function's locals and is written only after the last test returned. Progress and failure records carry no
+# token. Code that digs into the driver's frame (sys._getframe, gc, a tracer set on the driver's frame, its memory)
+# can still forge a pass: tests run in the code's own process, as in every assert-based checker.
 _CHECK_DRIVER = r"""
 def _stmkit_check():
     import json, os, sys, traceback, types
@@ -354,8 +366,8 @@ def _stmkit_check():
     with open(sys.argv[1], encoding="utf-8") as f:
         spec = json.load(f)
 
-    def record(**msg):
-        write(verdict_fd, token + b" " + dumps(msg).encode() + b"\n")
+    def record(**msg):  # progress and failure records: informational, no token (forging one can only fail a run)
+        write(verdict_fd, dumps(msg).encode() + b"\n")
 
     units, where = [], "the code"
     try:
@@ -372,6 +384,8 @@ def _stmkit_check():
         record(stopped=where, exc="SyntaxError", detail=str(e)[:300])
         exit_now(1)
     units, expected, pid = tuple(units), len(units), getpid()
+    proof = token + b" done %d\n" % expected  # built before any candidate code runs: nothing it patches is called
+    del token
     module = types.ModuleType("__main__")
     module.__file__ = "main.py"
     sys.modules["__main__"] = module
@@ -398,7 +412,7 @@ def _stmkit_check():
         record(stopped=where, exc=name, detail=detail)
         exit_now(1)
     if done == expected and getpid() == pid:
-        record(done=done)
+        write(verdict_fd, proof)
         exit_now(0)
     exit_now(1)
 
@@ -518,13 +532,14 @@ def _execute(
     pipes: list[int] = []
     status_r, status_w = os.pipe()
     pipes += [status_r, status_w]
-    token, verdict_r = b"", -1
+    token, verdict_r, n_units = b"", -1, 0
     proc = None
     start = time.monotonic()
     started_at = time.time()
     try:
         if isinstance(program, _Check):
             token = secrets.token_hex(16).encode()
+            n_units = int(bool(program.setup.strip())) + 1 + len(program.tests)
             token_r, token_w = os.pipe()
             verdict_r, verdict_w = os.pipe()
             pipes += [token_r, verdict_r, verdict_w]
@@ -587,7 +602,7 @@ def _execute(
         returncode = proc.wait()
         wall = time.monotonic() - start
         report = _merge_records(_read_pipe(status_r))
-        verdict = _verdict_records(_read_pipe(verdict_r), token) if token else None
+        verdict = _verdict_records(_read_pipe(verdict_r), token, n_units) if token else None
     finally:
         if proc is not None and proc.returncode is None:  # an exception on the way: leave nothing behind
             _kill_group(proc.pid)
@@ -676,17 +691,20 @@ def _merge_records(data: bytes) -> dict[str, Any]:
     return merged
 
 
-def _verdict_records(data: bytes, token: bytes) -> dict[str, Any]:
-    """The check driver's records, merged: only lines that carry this run's token count (the code cannot forge one)."""
+def _verdict_records(data: bytes, token: bytes, expected: int) -> dict[str, Any]:
+    """The check driver's records, merged. "done" is set only by the proof line (this run's token and the number of
+    units); every other line is informational (where the run was, why it stopped) and cannot set it."""
     merged: dict[str, Any] = {}
     for line in data.split(b"\n"):
-        head, _, body = line.partition(b" ")
-        if head != token:
+        if line == token + b" done %d" % expected:
+            merged["done"] = expected
             continue
         try:
-            merged.update(json.loads(body))
+            msg = json.loads(line)
         except ValueError:
-            pass
+            continue
+        if isinstance(msg, dict):
+            merged.update({k: v for k, v in msg.items() if k in ("started", "stopped", "exc", "detail")})
     return merged
 
 
@@ -892,6 +910,9 @@ def _scratch_layer(layers: Sequence[str]) -> str:
     """Which layer keeps what the code writes to /tmp, /var/tmp and /dev/shm from outliving the run."""
     if "scratch_tmpfs" in layers:
         return "private tmpfs (mount namespace, size-limited, gone with the run)"
+    if "scratch_partial" in layers:
+        return ("private tmpfs over some folders (one holds the code's interpreter and stays shared); files uid "
+                "nobody left in the shared ones are removed after each run")
     if "scratch_sweep" in layers:
         return "shared folders; files uid nobody left there are removed after each run"
     return "shared folders, not cleaned (no mount namespace and not root): files written there outlive the run"
@@ -911,7 +932,7 @@ def emit(status, rows=None, error=""):
 
 def safe(v):
     if isinstance(v, (bytes, bytearray, memoryview)):
-        return "x'" + bytes(v).hex() + "'"
+        return {"blob": bytes(v).hex()}  # back to bytes in the parent: a blob never equals a text value
     return v
 
 ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
@@ -1001,8 +1022,13 @@ def run_sql(
     if not isinstance(out, dict) or out.get("status") not in SQL_STATUSES:
         tail = (res.stderr or res.stdout).strip()[-500:]
         return SqlResult("error", None, f"query process failed ({res.status}): {tail}", res.wall_s)
-    rows = None if out["rows"] is None else [tuple(r) for r in out["rows"]]
+    rows = None if out["rows"] is None else [tuple(_sql_value(v) for v in r) for r in out["rows"]]
     return SqlResult(out["status"], rows, out["error"], res.wall_s)
+
+
+def _sql_value(v: Any) -> Any:
+    """A cell as the runner sent it, blobs back as bytes."""
+    return bytes.fromhex(v["blob"]) if isinstance(v, dict) else v
 
 
 def sql_execution_compare(db_path: str | Path, predicted_sql: str, gold_sql: str, **kw: Any) -> SqlMatch:
