@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import estimate
 from .cache import atomic_write_json, canonical_json, content_key
 from .config import CONFIG_DIR, ConfigError, load_profile, load_yaml, profile_path, replace
 from .experiment import REPO_ROOT, results_root
@@ -289,10 +290,16 @@ def run_pipeline(
     root = results_root(profile, results_dir)
     todo = [r for r in runs if not is_complete(root, r, keys[r.name])]
     print(f"stmkit reproduce: profile {profile}, {len(runs)} runs ({len(todo)} to execute), results in {root}")
+    gflops = estimate.calibrate(1.0) if todo else None  # a second of matmuls: scales the recorded costs
+    expected = {e.run: e for e in estimate.estimate_runs(profile, todo, gflops)}
+    if todo:
+        print(f"  {estimate.describe(list(expected.values()), gflops)}")
     if dry_run:  # writes nothing, not even the results folder
         for r in runs:
             state = "to run" if r in todo else "up to date"
-            print(f"  [{state:10s}] {r.name} ({r.notebook}) feeds {', '.join(r.feeds) or '-'}")
+            guess = expected.get(r.name)
+            cost = f", ~{_fmt(guess.seconds)} ({guess.basis})" if guess and guess.seconds is not None else ""
+            print(f"  [{state:10s}] {r.name} ({r.notebook}) feeds {', '.join(r.feeds) or '-'}{cost}")
             print(f"      {command_line(profile, r, keys[r.name], root)}")
         return 0
     env = os.environ.get("STMKIT_RESULTS")
@@ -321,7 +328,9 @@ def run_pipeline(
             remaining = todo[todo.index(r):]
             done_times = [o.seconds for o in outcomes if o.status == "done"]
             fallback = sum(done_times) / len(done_times) if done_times else 60.0
-            eta = sum(history.get(x.name, fallback) for x in remaining)
+            # cold cost measured here > recorded cost scaled to this machine > last execution here > mean so far
+            eta = sum(computed.get(x.name) or (expected[x.name].seconds if x.name in expected else None)
+                      or history.get(x.name, fallback) for x in remaining)
             print(f"[{i}/{len(runs)}] {r.name} ({r.notebook}) elapsed {_fmt(time.perf_counter() - t_start)}, "
                   f"~{_fmt(eta)} left", flush=True)
             before = _cache_entries()

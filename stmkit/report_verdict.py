@@ -32,13 +32,12 @@ def seed_of(record: dict[str, Any]) -> int:
     return int(record.get("config", {}).get("training", {}).get("seed", 0))
 
 
-def _accuracy_items(path: str) -> dict[str, float]:
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out[f"{r['task']}:{r['id']}"] = float(r["correct"])
-    return out
+def _records(path: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _accuracy_items(records: list[dict[str, Any]]) -> dict[str, float]:
+    return {f"{r['task']}:{r['id']}": float(r["correct"]) for r in records}
 
 
 def collect(sft: dict[str, dict[str, Any]], evaluate_records: list[dict[str, Any]], score_record: dict[str, Any],
@@ -58,8 +57,12 @@ def collect(sft: dict[str, dict[str, Any]], evaluate_records: list[dict[str, Any
             for spec, summary in tasks.items():
                 if not summary.get("items_path") or not Path(summary["items_path"]).is_file():
                     continue
-                items = _accuracy_items(summary["items_path"])
-                (tgt if spec.split(":")[0] == target else nontarget).update(items)
+                records = _records(summary["items_path"])
+                is_target = spec.split(":")[0] == target
+                (tgt if is_target else nontarget).update(_accuracy_items(records))
+                generated = [r for r in records if r.get("mode") == "generate"]
+                if is_target and generated:  # answers that ran to max_new_tokens (never ended their turn)
+                    data.unfinished[label] = (sum(not r.get("finished", True) for r in generated), len(generated))
             data.items[(label, "accuracy")] = nontarget
             data.items[(label, "target_accuracy")] = tgt
         for label, tasks in (res.get("drift") or {}).items():
@@ -144,4 +147,15 @@ def section(data: verdict.VerdictInput, tables_dir: Path, model: str) -> str:
         "multiple-choice accuracy near chance barely moves.", "",
         to_markdown(df), "",
     ]
+    if data.unfinished:
+        arm_of_label = {label: arm for arm, runs in data.arms.items() for label in runs.values()}
+        parts = [f"{label} ({arm_of_label.get(label, 'base' if label == verdict.BASE else 'other')}) {u}/{n}"
+                 for label, (u, n) in sorted(data.unfinished.items()) if label in arm_of_label or label == verdict.BASE]
+        lines += [
+            "**Where answers stop.** Target answers that ran to `max_new_tokens` without ending their turn: "
+            + ", ".join(parts) + ". At tau 2.5 this model masks its own end-of-turn token in most ground-truth "
+            "answers, so plain STM also stops learning where to stop; the paper's Llama 3 data trains its "
+            "end-of-turn token (median PPL about 1.00003). **STM with the end-of-turn token trained is the variant "
+            "that matches the paper's effective condition**; plain STM is the paper's stated method.", "",
+        ]
     return "\n".join(lines)

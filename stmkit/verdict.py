@@ -47,6 +47,7 @@ class VerdictInput:
     delta_w: dict[str, float] = field(default_factory=dict)
     seq_ppl: dict[str, dict[str, float]] = field(default_factory=dict)  # {data source: {problem id: seq PPL}}
     paper: dict[str, tuple[float | None, str]] = field(default_factory=dict)  # claim key -> (effect, text)
+    unfinished: dict[str, tuple[int, int]] = field(default_factory=dict)  # label -> (target answers cut off, n)
 
 
 @dataclass(frozen=True)

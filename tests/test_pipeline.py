@@ -109,6 +109,12 @@ def test_dry_run_creates_no_results_folder(cli, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_dry_run_estimates_this_machine_from_recorded_costs(cli, tmp_path):
+    rc, out, _ = cli("--profile", "cpu-demo", "--dry-run", "--results-dir", str(tmp_path / "r"))
+    assert rc == 0 and "estimated" in out and "GFLOP/s" in out
+    assert "evaluate (05_evaluate) feeds" in out and "(recorded)" in out
+
+
 def test_unwritable_results_or_cache_is_named_before_anything_runs(cli, tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -164,7 +170,7 @@ def test_smoke_reproduce_then_rerun_executes_nothing(tmp_path):
     report = (tmp_path / "REPORT.md").read_text()
     assert "## Verdict at this scale" in report and "could not be computed" not in report
     assert "ground truth [0, 1]" in report and "STM, end-of-turn trained [0]" in report
-    assert (tmp_path / "tables" / "verdict.csv").is_file()
+    assert (tmp_path / "tables" / "verdict.csv").is_file() and "**Where answers stop.**" in report
     before = _markers(tmp_path)
     again = _reproduce(tmp_path)
     assert again.returncode == 0 and "0 executed" in again.stdout
