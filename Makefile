@@ -34,6 +34,10 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements/lock.txt -e .
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(EMBEDDED)
 	$(BIN)/python -m ipykernel install --sys-prefix --name stmkit --display-name "stmkit (.venv)" >/dev/null
+	@# notebooks/*.ipynb are committed without outputs: git's clean filter strips them (.gitattributes names it)
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean "$(abspath $(BIN))/nbstripout --keep-id" && \
+	  git config filter.nbstripout.smudge cat && git config filter.nbstripout.required true; fi
 	@rm -f $(VENV)/.stmkit-setup-*
 	@touch $@
 	@echo "stmkit environment ready in $(VENV)"

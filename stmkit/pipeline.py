@@ -150,8 +150,16 @@ def select(runs: list[RunSpec], only: str | None) -> list[RunSpec]:
     return [r for r in runs if r.name in wanted]
 
 
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def notebook_hash(path: Path) -> str:
+    """Hash of what determines a notebook's results: its cells' types, sources and tags (papermill's `parameters`).
+
+    Outputs, execution counts, cell ids and editor metadata (kernel info, widget state) are left out, so opening
+    and saving a notebook in JupyterLab, or running it by hand, does not change the pipeline's keys.
+    """
+    nb = json.loads(path.read_text())
+    cells = [(c.get("cell_type"), "".join(c.get("source", "")), sorted(c.get("metadata", {}).get("tags", [])))
+             for c in nb.get("cells", [])]
+    return hashlib.sha256(canonical_json(cells).encode()).hexdigest()[:16]
 
 
 def library_hash() -> str:
@@ -174,7 +182,7 @@ def run_keys(profile: str, runs: list[RunSpec]) -> dict[str, str]:
             "run",
             PIPELINE_VERSION,
             code=code,
-            notebook=_file_hash(NOTEBOOKS_DIR / f"{r.notebook}.ipynb"),
+            notebook=notebook_hash(NOTEBOOKS_DIR / f"{r.notebook}.ipynb"),
             config=replace(base, r.overrides).to_dict(),
             params=r.params,
             upstream={d: keys.get(d, "") for d in r.after},

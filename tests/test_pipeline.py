@@ -239,3 +239,23 @@ def test_kill_at_any_point_then_resume_completes_without_redoing(tmp_path, sig, 
     after = _markers(out, sweep)
     for name, mtime in finished.items():
         assert after[name] == mtime, f"run {name} finished before the kill but was executed again"
+
+
+def test_notebook_keys_follow_cell_sources_not_editor_metadata(tmp_path):
+    src = json.loads((ROOT / "notebooks" / "01_score_tokens.ipynb").read_text())
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(src))
+    before = pipeline.notebook_hash(path)
+    saved = json.loads(json.dumps(src))  # as JupyterLab saves it after running: outputs, counts, kernel metadata
+    saved["metadata"]["kernelspec"] = {"name": "stmkit", "display_name": "stmkit (.venv)", "language": "python"}
+    saved["metadata"]["widgets"] = {"state": {}}
+    for i, cell in enumerate(saved["cells"]):
+        if cell["cell_type"] == "code":
+            cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["x\n"]}]
+            cell["execution_count"] = i
+            cell["metadata"]["execution"] = {"iopub.status.busy": "2026-12-03T22:00:00Z"}
+    path.write_text(json.dumps(saved, indent=2))
+    assert pipeline.notebook_hash(path) == before
+    saved["cells"][-1]["source"] = ["run.finish()"]
+    path.write_text(json.dumps(saved))
+    assert pipeline.notebook_hash(path) != before
