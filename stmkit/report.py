@@ -1384,14 +1384,24 @@ def paper_map(root: Path, profile: str = "cpu-demo") -> str:
     return "\n".join(lines)
 
 
+VERDICT_START, VERDICT_END = "<!-- verdict:start -->", "<!-- verdict:end -->"
+
+
+def _between(text: str, start: str, end: str, body: str, where: Path) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"{where} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + start + "\n" + body + "\n" + end + tail
+
+
 def update_readme(readme: Path, root: Path, profile: str = "cpu-demo") -> None:
-    """Rewrite the map between the markers in README.md from the recorded runs."""
-    text = readme.read_text()
-    if MAP_START not in text or MAP_END not in text:
-        raise ValueError(f"{readme} has no {MAP_START} ... {MAP_END} markers")
-    head, rest = text.split(MAP_START, 1)
-    _, tail = rest.split(MAP_END, 1)
-    atomic_write_text(readme, head + MAP_START + "\n" + paper_map(root, profile) + "\n" + MAP_END + tail)
+    """Rewrite the paper map, and the verdict table where README.md has its markers, from the recorded runs."""
+    text = _between(readme.read_text(), MAP_START, MAP_END, paper_map(root, profile), readme)
+    verdict_md = Path(root) / "tables" / "verdict.md"
+    if VERDICT_START in text and verdict_md.is_file():
+        text = _between(text, VERDICT_START, VERDICT_END, verdict_md.read_text().strip(), readme)
+    atomic_write_text(readme, text)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,17 @@ def test_report_section_from_run_records(tmp_path):
     assert data.arms == {"ground truth": {0: "sft-gt-s0", 1: "sft-gt-s1"}, "STM": {0: "sft-stm-s0", 1: "sft-stm-s1"}}
     md = report_verdict.section(data, tmp_path / "tables", "tiny")
     assert md.startswith("## Verdict at this scale") and "BWT" in md and (tmp_path / "tables" / "verdict.csv").is_file()
+
+
+def test_readme_quotes_the_computed_verdict_table(tmp_path):
+    from stmkit import report
+
+    root = tmp_path / "results"
+    (root / "tables").mkdir(parents=True)
+    (root / "tables" / "verdict.md").write_text("Verdict caption\n\n| claim | verdict |\n|---|---|\n| 1 | holds |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.MAP_START}\nold map\n{report.MAP_END}\n\n{report.VERDICT_START}\nold\n"
+                      f"{report.VERDICT_END}\ntail\n")
+    report.update_readme(readme, root)
+    text = readme.read_text()
+    assert "| 1 | holds |" in text and "old\n" not in text and text.endswith("tail\n") and "old map" not in text
