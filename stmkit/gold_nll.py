@@ -1,8 +1,9 @@
 """Gold-answer NLL: the powered measure of lost ability (and of target gain) beside accuracy and KL drift.
 
 For each item: the mean negative log-likelihood per token of the task's *reference* answer (GSM8K and MATH
-solutions, "The answer is B. <choice>" for ARC/SciQ/PIQA, the MBPP solution), teacher-forced after the item's
-prompt in the chat template, the end-of-turn token excluded (a masked end-of-turn would otherwise dominate the
+solutions, the MBPP solution; for ARC/SciQ/PIQA the gold letter alone, after "The answer is", since the rest of
+"The answer is B. <choice>" is format and text copied from the prompt), teacher-forced after the item's prompt in
+the chat template, the end-of-turn token excluded (a masked end-of-turn would otherwise dominate the
 comparison of STM arms; see the verdict issue). Per item, not per task: the verdict's intervals resample items.
 
 Why a third measure: at 135M, multiple-choice accuracy sits near chance and barely moves, and KL drift measures
@@ -23,7 +24,8 @@ import numpy as np
 
 from .cache import Cache, content_key, dumps_finite
 
-GOLD_NLL_VERSION = 1
+MC_LEAD = "The answer is"  # how the kit's multiple-choice reference answers begin ("The answer is D. ...")
+GOLD_NLL_VERSION = 2  # 2: multiple choice scores the gold letter only, after "The answer is"
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,18 @@ def gold_items(tokenizer: Any, task_spec: str, n: int, split: str = "test", sour
     out = []
     for ex in examples:
         answer = list(tokenizer(ex.response, add_special_tokens=False)["input_ids"]) if ex.response.strip() else []
+        prompt = chat_prompt_ids(tokenizer, ex.prompt)
+        if ex.choices and answer:
+            # Multiple choice: only the gold letter carries knowledge; the lead-in and the choice text copied from
+            # the prompt would make the measure mostly one of answer format. "The answer is" joins the prompt side.
+            lead = list(tokenizer(MC_LEAD, add_special_tokens=False)["input_ids"])
+            letter = answer[len(lead):len(lead) + 1]
+            if answer[:len(lead)] != lead or tokenizer.decode(letter).strip() != ex.answer.strip():
+                raise ValueError(f"{name} item {ex.id!r}: reference answer {ex.response[:40]!r} does not start with "
+                                 f"{MC_LEAD!r} and its letter {ex.answer!r}; cannot score the gold letter")
+            prompt, answer = prompt + lead, letter
         if answer:
-            out.append(GoldItem(name, str(ex.id), tuple(chat_prompt_ids(tokenizer, ex.prompt)), tuple(answer)))
+            out.append(GoldItem(name, str(ex.id), tuple(prompt), tuple(answer)))
     if not out:
         raise ValueError(f"task {name!r} ({split}) has no items with a reference answer for gold-answer NLL")
     return out
@@ -111,12 +123,14 @@ def measure_model(
     from pathlib import Path
 
     from .cache import atomic_write_text
+    from .evaluation import parse_task_spec
 
-    plan = [(t, eval_cfg.gold_items) for t in eval_cfg.gold_tasks if t != target]
+    plan = [(t, eval_cfg.gold_items) for t in eval_cfg.gold_tasks if parse_task_spec(t)[0] != target]
     if eval_cfg.gold_target_items:
         plan.append((target, eval_cfg.gold_target_items))
     out: dict[str, dict[str, Any]] = {}
-    for task, n in plan:
+    for spec, n in plan:
+        task = parse_task_spec(spec)[0]
         items = gold_items(tokenizer, task, n, source=source)
         nll = gold_nll(model, tokenizer, items, fingerprint=fingerprint, cache=cache, batch_size=eval_cfg.batch_size,
                        progress=progress)

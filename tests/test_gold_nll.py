@@ -18,10 +18,12 @@ def test_items_carry_the_chat_prompt_and_the_reference_answer_without_end_of_tur
     from stmkit.tasks import load
 
     ex = load("arc_easy", "test", 5, "embedded")[0]
-    assert list(items[0].prompt_ids) == chat_prompt_ids(tok, ex.prompt)
-    assert tok.decode(items[0].answer_ids) == ex.response
-    eot = tok.convert_tokens_to_ids(tok.eos_token) if tok.eos_token else None
-    assert items[0].answer_ids[-1] != eot
+    lead = tok(gold_nll.MC_LEAD, add_special_tokens=False)["input_ids"]
+    assert list(items[0].prompt_ids) == chat_prompt_ids(tok, ex.prompt) + lead  # "The answer is" joins the prompt
+    assert tok.decode(items[0].answer_ids).strip() == ex.answer  # the gold letter alone is scored
+    gsm = gold_nll.gold_items(tok, "gsm8k", 2)
+    ref = load("gsm8k", "test", 2, "embedded")[0]
+    assert tok.decode(gsm[0].answer_ids) == ref.response  # free-form: the whole reference, no end-of-turn
 
 
 def test_nll_is_the_mean_over_answer_tokens_and_is_cached(tiny, tmp_path):
