@@ -44,11 +44,22 @@ def collect(sft: dict[str, dict[str, Any]], evaluate_records: list[dict[str, Any
             main_setting: Any) -> verdict.VerdictInput:
     """VerdictInput from the report's training-run infos, the evaluate run records and the score run record."""
     arms: dict[str, dict[int, str]] = {}
+    duplicates: list[str] = []
+    eot_masked: dict[str, list[float]] = {}
     for name, info in sorted(sft.items()):
         arm = arm_of(info)
         if arm and main_setting(info):
-            arms.setdefault(arm, {}).setdefault(seed_of(info["record"]), name)
+            seed = seed_of(info["record"])
+            if seed in arms.get(arm, {}):
+                duplicates.append(f"{name} (same arm and seed as {arms[arm][seed]})")
+                continue
+            arms.setdefault(arm, {})[seed] = name
+            share = info["record"].get("results", {}).get("masking", {}).get("end_of_turn_masked_share")
+            if share is not None:
+                eot_masked.setdefault(arm, []).append(float(share))
     data = verdict.VerdictInput(arms=arms, paper=paper_numbers())
+    data.notes = {"duplicates": duplicates,
+                  "eot_masked": {arm: sum(v) / len(v) for arm, v in eot_masked.items()}}
     for rec in evaluate_records:
         res = rec.get("results", {})
         target = res.get("target")
@@ -63,11 +74,14 @@ def collect(sft: dict[str, dict[str, Any]], evaluate_records: list[dict[str, Any
                 generated = [r for r in records if r.get("mode") == "generate"]
                 if is_target and generated:  # answers that ran to max_new_tokens (never ended their turn)
                     data.unfinished[label] = (sum(not r.get("finished", True) for r in generated), len(generated))
-            data.items[(label, "accuracy")] = nontarget
-            data.items[(label, "target_accuracy")] = tgt
+            # several evaluate runs may score the same model: merge, never replace with what one of them lacks
+            for key, values in (("accuracy", nontarget), ("target_accuracy", tgt)):
+                if values:
+                    data.items.setdefault((label, key), {}).update(values)
         for label, tasks in (res.get("drift") or {}).items():
-            data.items[(label, "kl")] = {f"{t}:{k}": v for t, e in tasks.items() if t != "all"
-                                         for k, v in (e.get("per_prompt_kl") or {}).items()}
+            kl = {f"{t}:{k}": v for t, e in tasks.items() if t != "all" for k, v in (e.get("per_prompt_kl") or {}).items()}
+            if kl:
+                data.items.setdefault((label, "kl"), {}).update(kl)
         for label, tasks in (res.get("gold_nll") or {}).items():
             for task, entry in tasks.items():
                 if not entry.get("path") or not Path(entry["path"]).is_file():
@@ -132,30 +146,40 @@ def section(data: verdict.VerdictInput, tables_dir: Path, model: str) -> str:
     save_table(df, "verdict", tables_dir, "Verdict at this scale: every claim the small model can test.")
     seeds = {arm: sorted(runs) for arm, runs in data.arms.items()}
     counts = {w: sum(r.verdict == w for r in rows) for w in ("holds", "contradicted", "inconclusive", "not measured")}
+    notes = data.notes
     lines = [
         "## Verdict at this scale", "",
-        f"Computed by `stmkit.verdict` from this profile's runs ({model}); never typed. Each row: the estimate, a 95% "
-        "interval over training seeds *and* items (crossed random effects; `stmkit.power`), the smallest effect this "
-        "design detects with 80% power (MDE), the paper's corresponding number, and the verdict: **holds** (the "
-        "interval excludes zero on the paper's side), **contradicted** (on the other side) or **inconclusive** "
-        "(spans zero, or one seed). Small scale: the paper's numbers are from 2B-8B models and are context, not "
-        "targets.", "",
+        f"Computed by `stmkit.verdict` from this profile's runs ({model}): estimates, intervals and verdict words "
+        "come from the recorded measurements, none is typed. Each row: the estimate, a 95% interval (over training "
+        "seeds and items for the per-item measures: crossed random effects, `stmkit.power`; over seeds only for "
+        "||ΔW||; over problems only for sequence PPL, which involves no training), the smallest effect this design "
+        "detects with 80% power (MDE), the paper's corresponding number, and the verdict: **holds** (the interval "
+        "excludes zero on the paper's side), **contradicted** (on the other side) or **inconclusive** (spans zero, "
+        "or one seed). The paper's numbers come from 2B-8B models: context, comparable in units only for accuracy. "
+        f"{len(rows)} rows are each tested at 95%, so about one in twenty verdicts on a true null is expected by "
+        "chance; read a row together with the other measures of its claim.", "",
         "Seeds per arm: " + (", ".join(f"{a} {s}" for a, s in seeds.items()) or "none") + ". "
         + ", ".join(f"{n} {w}" for w, n in counts.items()) + ".", "",
-        "Three forgetting measures can disagree: training only on low-PPL tokens sharpens the model, which moves "
-        "its distribution (KL) without necessarily making gold answers less likely (gold-answer NLL), while "
-        "multiple-choice accuracy near chance barely moves.", "",
-        to_markdown(df), "",
+        "The three forgetting measures can disagree: training only on low-PPL tokens can sharpen the model, which "
+        "moves its distribution (KL) without making gold answers less likely (gold-answer NLL), and accuracy near "
+        "chance moves by a few items. In Table 3 the paper's 'low' control masked 67.8% of tokens, not STM's count.",
+        "",
     ]
+    if notes.get("duplicates"):
+        lines += ["Left out (a second run of an arm and seed already counted): " + ", ".join(notes["duplicates"]), ""]
+    lines += [to_markdown(df), ""]
     if data.unfinished:
         arm_of_label = {label: arm for arm, runs in data.arms.items() for label in runs.values()}
-        parts = [f"{label} ({arm_of_label.get(label, 'base' if label == verdict.BASE else 'other')}) {u}/{n}"
+        parts = [f"{label} ({arm_of_label.get(label, 'base')}) {u}/{n}"
                  for label, (u, n) in sorted(data.unfinished.items()) if label in arm_of_label or label == verdict.BASE]
+        eot = notes.get("eot_masked") or {}
+        masked = ", ".join(f"{arm} {100 * share:.0f}%" for arm, share in sorted(eot.items()))
         lines += [
             "**Where answers stop.** Target answers that ran to `max_new_tokens` without ending their turn: "
-            + ", ".join(parts) + ". At tau 2.5 this model masks its own end-of-turn token in most ground-truth "
-            "answers, so plain STM also stops learning where to stop; the paper's Llama 3 data trains its "
-            "end-of-turn token (median PPL about 1.00003). **STM with the end-of-turn token trained is the variant "
-            "that matches the paper's effective condition**; plain STM is the paper's stated method.", "",
+            + ", ".join(parts) + "." + (f" Share of training answers whose end-of-turn token was masked, per arm "
+                                         f"(mean over seeds): {masked}." if masked else "")
+            + " The paper's released Llama 3 training data trains its end-of-turn token (median PPL about "
+            "1.00003), so where plain STM masks it here, STM with the end-of-turn token trained is the closer "
+            "match to the paper's effective condition; plain STM is the paper's stated method.", "",
         ]
     return "\n".join(lines)

@@ -8,8 +8,8 @@ the design detects with 80% power, the paper's corresponding number, and the ver
 Measures (per item; d[seed, item] is formed per claim):
 - ``gold_nll``: gold-answer NLL on non-target tasks (nats/token; a rise is ability lost), stmkit.gold_nll;
 - ``kl``: KL drift from the base on its own answers (nats/token; distance, not ability), stmkit.drift;
-- ``accuracy``: non-target accuracy, as a relative change in % of the base's accuracy on the same items (the
-  paper's BWT is the mean of such changes per task);
+- ``accuracy``: non-target accuracy, as the paper's BWT: each task's change in % of the base's accuracy on that
+  task, tasks weighted equally, tasks the base scores 0 on left out (the tasks differ from the paper's);
 - ``target_gold_nll`` and ``target_accuracy``: the same on the target task (TI's measure).
 """
 
@@ -30,7 +30,8 @@ MEASURES = {
     "gold_nll": ("gold-answer NLL, non-target (nats/token)", +1),
     "accuracy": ("accuracy, non-target (relative change, %)", -1),
     "kl": ("KL drift from the base (nats/token; distance)", +1),
-    "target_gold_nll": ("gold-answer NLL, target (nats/token)", +1),
+    # favours ground truth by construction: it trains on every token of answers written like these references
+    "target_gold_nll": ("gold-answer NLL, target (nats/token; favours ground truth by construction)", +1),
     "target_accuracy": ("accuracy, target (relative change, %)", -1),
 }
 FORGETTING = ("gold_nll", "accuracy", "kl")
@@ -48,6 +49,7 @@ class VerdictInput:
     seq_ppl: dict[str, dict[str, float]] = field(default_factory=dict)  # {data source: {problem id: seq PPL}}
     paper: dict[str, tuple[float | None, str]] = field(default_factory=dict)  # claim key -> (effect, text)
     unfinished: dict[str, tuple[int, int]] = field(default_factory=dict)  # label -> (target answers cut off, n)
+    notes: dict[str, Any] = field(default_factory=dict)  # for the report's text: duplicates, end-of-turn masking
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class Row:
 CLAIMS = {
     "gt_forgets": "1. Ground-truth fine-tuning loses non-target ability (vs the base)",
     "stm_less": "2. STM loses less than ground truth",
-    "stm_keeps_target": "3. STM keeps ground truth's target-task gain",
+    "stm_keeps_target": "3. STM's target-task gain is at least ground truth's (the paper: TI gap > 0)",
     "high_beats_controls": "4. Masking high-PPL tokens forgets less than random / low-PPL masking (Table 3)",
     "delta_w": "5. STM's ||ΔW|| is smaller than ground truth's (Table 7)",
     "ppl_order": "6. Ground truth has higher sequence PPL than Self-Output and Rephrase data (Table 1)",
@@ -80,36 +82,68 @@ CLAIMS = {
 
 
 def _matrix(data: VerdictInput, measure: str, runs: Mapping[int, str],
-            minus: Callable[[int], str | None]) -> np.ndarray | None:
-    """d[seed, item] = value(run of seed) - value(minus(seed)) over the items every involved model has."""
-    rows, seeds = [], [s for s in sorted(runs) if minus(s) is not None]
-    tables = [(data.items.get((runs[s], measure)), data.items.get((minus(s), measure))) for s in seeds]  # type: ignore[arg-type]
-    tables = [(a, b) for a, b in tables if a and b]
+            minus: Callable[[int], str | None]) -> tuple[np.ndarray | None, str]:
+    """(d[seed, item], "") with d = value(run of seed) - value(minus(seed)) over the items every involved model has,
+    or (None, why not). KL is a distance from the base, so the base's own KL is 0 on every prompt."""
+    seeds = [s for s in sorted(runs) if minus(s) is not None]
+    tables = []
+    for s in seeds:
+        a = data.items.get((runs[s], measure))
+        b = data.items.get((minus(s), measure))  # type: ignore[arg-type]
+        if b is None and measure == "kl" and minus(s) == BASE and a:
+            b = dict.fromkeys(a, 0.0)
+        if a and b:
+            tables.append((a, b))
     if not tables:
-        return None
+        return None, "the runs or measurements this needs are missing (see SWEEP=cpu-demo-verdict)"
     common = set.intersection(*[set(a) & set(b) for a, b in tables])
+    base = data.items.get((BASE, measure)) if measure in RELATIVE else None
+    if measure in RELATIVE:
+        if not base:
+            return None, "the base model's accuracy on these items is missing"
+        common &= set(base)
     keys = sorted(common)
     if len(keys) < 2:
-        return None
-    for a, b in tables:
-        rows.append([a[k] - b[k] for k in keys])
-    d = np.asarray(rows, dtype=float)
-    if measure in RELATIVE:  # relative change in % of the base's accuracy on the same items
-        base = data.items.get((BASE, measure))
-        mean = float(np.mean([base[k] for k in keys])) if base else 0.0
-        if mean <= 0:
-            return None
-        d = 100.0 * d / mean
-    return d
+        return None, f"fewer than 2 items measured by every model involved ({len(keys)})"
+    d = np.asarray([[a[k] - b[k] for k in keys] for a, b in tables], dtype=float)
+    if measure in RELATIVE:
+        return _relative(d, keys, base)  # type: ignore[arg-type]
+    return d, ""
 
 
-def _row(claim: str, arm: str, measure: str, d: np.ndarray | None, sign: int, data: VerdictInput,
+def _relative(d: np.ndarray, keys: list[str], base: Mapping[str, float]) -> tuple[np.ndarray | None, str]:
+    """As the paper's BWT: each task's change in % of the base's accuracy on that task, tasks weighted equally
+    (columns rescaled so the plain mean over items is the mean over tasks); tasks the base scores 0 on are left
+    out, as the paper leaves them out."""
+    tasks: dict[str, list[int]] = {}
+    for j, k in enumerate(keys):
+        tasks.setdefault(k.split(":", 1)[0], []).append(j)
+    means = {t: float(np.mean([base[keys[j]] for j in cols])) for t, cols in tasks.items()}
+    kept = {t: cols for t, cols in tasks.items() if means[t] > 0}
+    if not kept:
+        return None, "the base model scores 0 on every task here: no relative change is defined"
+    cols = [j for c in kept.values() for j in c]
+    out = np.empty((d.shape[0], len(cols)))
+    pos = 0
+    for t, c in kept.items():
+        weight = len(cols) / (len(kept) * len(c))
+        out[:, pos:pos + len(c)] = 100.0 * d[:, c] / means[t] * weight
+        pos += len(c)
+    if out.shape[1] < 2:
+        return None, "fewer than 2 items on tasks the base scores above 0"
+    return out, ""
+
+
+def _row(claim: str, arm: str, measure: str, matrix: tuple[np.ndarray | None, str], sign: int, data: VerdictInput,
          seeds_matter: bool = True) -> Row:
-    effect, text = data.paper.get(f"{claim}:{measure}", data.paper.get(claim, (None, "—")))
+    d, why = matrix
+    effect, text = data.paper.get(f"{claim}:{measure}", (None, None))
+    if text is None:  # the paper's number in other units than this measure: context, not a target
+        effect, context = data.paper.get(claim, (None, "—"))
+        text = context if context == "—" else f"context, other units: {context}"
     label = MEASURES[measure][0] if measure in MEASURES else measure
     if d is None:
-        return Row(CLAIMS[claim], arm, label, None, None, None, None, 0, 0, text, "not measured",
-                   "the runs this needs are missing (see the sweep that makes them)")
+        return Row(CLAIMS[claim], arm, label, None, None, None, None, 0, 0, text, "not measured", why)
     est = power.crossed_interval(d)
     verdict = power.judge(est if seeds_matter else _as_if_seeded(est), sign, effect)
     return Row(CLAIMS[claim], arm, label, est.mean, est.low, est.high, est.mde, est.n_seeds, est.n_items, text,
@@ -124,9 +158,9 @@ def _as_if_seeded(est: power.Estimate) -> power.Estimate:
 def _seed_row(claim: str, arm: str, values: list[float], sign: int, data: VerdictInput) -> Row:
     """A measure with one value per seed (||ΔW||): a t interval over seeds."""
     effect, text = data.paper.get(claim, (None, "—"))
+    text = text if text == "—" else f"context, other scale: {text}"
     label = "||ΔW|| (per seed)"
     if len(values) < 2:
-        est = None
         return Row(CLAIMS[claim], arm, label, values[0] if values else None, None, None, None, len(values), 0, text,
                    "inconclusive" if values else "not measured",
                    "one seed: seed-to-seed variation is unmeasured" if values else "the runs this needs are missing")
@@ -172,11 +206,12 @@ def build(data: VerdictInput) -> list[Row]:
     gt_ppl = data.seq_ppl.get("Ground Truth")
     for source in ("Self-Output", "Rephrase"):
         other = data.seq_ppl.get(source)
-        d = None
+        m: tuple[np.ndarray | None, str] = (None, "needs the score run with Self-Output / Rephrase data "
+                                                "(03_generate_data, 01_score_tokens)")
         if gt_ppl and other and len(set(gt_ppl) & set(other)) >= 2:
             keys = sorted(set(gt_ppl) & set(other))
-            d = np.asarray([[gt_ppl[k] - other[k] for k in keys]])
-        row = _row("ppl_order", f"Ground Truth − {source}", "sequence PPL", d, +1, data, seeds_matter=False)
+            m = (np.asarray([[gt_ppl[k] - other[k] for k in keys]]), "")
+        row = _row("ppl_order", f"Ground Truth − {source}", "sequence PPL", m, +1, data, seeds_matter=False)
         rows.append(row)
     return rows
 

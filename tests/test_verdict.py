@@ -93,3 +93,43 @@ def test_readme_quotes_the_computed_verdict_table(tmp_path):
     report.update_readme(readme, root)
     text = readme.read_text()
     assert "| 1 | holds |" in text and "old\n" not in text and text.endswith("tail\n") and "old map" not in text
+
+
+def test_kl_is_a_distance_from_the_base_whose_own_kl_is_zero():
+    data = _planted()
+    for label in data.arms["ground truth"].values():
+        data.items[(label, "kl")] = {f"arc_easy:{i}": 0.05 + 0.001 * (i % 7) for i in range(50)}
+    row = _row(verdict.build(data), "gt_forgets", "ground truth", "KL")
+    assert row.verdict == "holds" and abs(row.estimate - 0.053) < 0.002
+
+
+def test_missing_base_items_and_a_zero_base_are_named_not_crashes():
+    data = _planted()
+    data.items[(BASE, "accuracy")] = {k: v for k, v in list(data.items[(BASE, "accuracy")].items())[:100]}
+    row = _row(verdict.build(data), "gt_forgets", "ground truth", "accuracy")
+    assert row.items == 100  # only the items the base was measured on
+    data.items[(BASE, "accuracy")] = dict.fromkeys(data.items[(BASE, "accuracy")], 0.0)
+    row = _row(verdict.build(data), "gt_forgets", "ground truth", "accuracy")
+    assert row.verdict == "not measured" and "scores 0" in row.reason
+
+
+def test_relative_accuracy_is_the_mean_of_per_task_changes():
+    # task a: base 0.5, drops by 0.25 (-50%); task b: base 1.0, unchanged (0%), with 3x the items: BWT = -25%.
+    keys = [f"a:{i}" for i in range(4)] + [f"b:{i}" for i in range(12)]
+    base = {k: (float(int(k[2:]) % 2) if k.startswith("a") else 1.0) for k in keys}  # a: mean 0.5, b: 1.0
+    tuned = {k: (0.0 if k in ("a:1",) else base[k]) for k in keys}  # a: 0.5 -> 0.25
+    data = VerdictInput(arms={"ground truth": {0: "gt0", 1: "gt1"}})
+    data.items[(BASE, "accuracy")] = base
+    data.items[("gt0", "accuracy")] = tuned
+    data.items[("gt1", "accuracy")] = tuned
+    row = _row(verdict.build(data), "gt_forgets", "ground truth", "accuracy")
+    assert abs(row.estimate - (-50.0 + 0.0) / 2) < 1e-9
+
+
+def test_paper_numbers_come_from_the_papers_tables():
+    from stmkit import report_verdict
+
+    paper = report_verdict.paper_numbers()
+    assert paper["gt_forgets:accuracy"][0] == -34.71
+    assert abs(paper["stm_less:accuracy"][0] - 34.55) < 0.01
+    assert abs(paper["stm_keeps_target:target_accuracy"][0] - 5.43) < 0.01
