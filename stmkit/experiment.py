@@ -43,10 +43,22 @@ class Run:
     root: Path  # results/<profile>
     key: str = ""
     started: float = field(default_factory=time.perf_counter)
+    # Run by hand (no pipeline key, default results folder): written under results/<profile>/interactive/, so it
+    # never replaces or invalidates the pipeline's run of the same name; upstream runs are read from there first.
+    interactive: bool = False
 
     @property
     def dir(self) -> Path:
-        return self.root / "runs" / self.name
+        return self._runs(self.interactive) / self.name
+
+    def _runs(self, interactive: bool) -> Path:
+        return (self.root / "interactive" if interactive else self.root) / "runs"
+
+    def _upstream(self, name: str) -> Path:
+        """The folder of another run: this session's own interactive one if there is, else the pipeline's."""
+        if self.interactive and (self._runs(True) / name / "run.json").is_file():
+            return self._runs(True) / name
+        return self._runs(False) / name
 
     @cached_property
     def record(self) -> RunRecord:
@@ -137,7 +149,7 @@ class Run:
         """Self-Output and Rephrase training sets made by 03_generate_data for this profile, if it has run."""
         from .tasks import Example
 
-        path = self.root / "runs" / run_name / "run.json"
+        path = self._upstream(run_name) / "run.json"
         if not path.is_file():
             print(f"(no generated data yet: {path} is missing; run 03_generate_data for Self-Output/Rephrase rows)")
             return {}
@@ -150,7 +162,7 @@ class Run:
 
     def load_run(self, name: str) -> dict[str, Any]:
         """run.json of another run of the same profile (an upstream stage); a clear error if it has not run."""
-        path = self.root / "runs" / name / "run.json"
+        path = self._upstream(name) / "run.json"
         if not path.is_file():
             raise FileNotFoundError(
                 f"run '{name}' has no {path}; run its notebook first (or `make reproduce PROFILE={self.profile.name}`)"
@@ -177,7 +189,8 @@ def start(
     """Resolve and validate the profile, seed everything, and prepare the run folder."""
     prof = load_profile(profile, overrides or None)
     seed_everything(prof.seed)
-    run = Run(prof, run_name or stage, stage, results_root(prof.name, results_dir), run_key)
+    interactive = not run_key and not results_dir  # the pipeline always passes both
+    run = Run(prof, run_name or stage, stage, results_root(prof.name, results_dir), run_key, interactive=interactive)
     run.dir.mkdir(parents=True, exist_ok=True)
     stale = run.dir / "run.json"
     if stale.exists():  # the completion marker is rewritten only when this run finishes

@@ -259,3 +259,19 @@ def test_notebook_keys_follow_cell_sources_not_editor_metadata(tmp_path):
     saved["cells"][-1]["source"] = ["run.finish()"]
     path.write_text(json.dumps(saved))
     assert pipeline.notebook_hash(path) != before
+
+
+def test_a_notebook_run_by_hand_never_replaces_the_pipelines_run(tmp_path, monkeypatch):
+    import stmkit.experiment as ex
+
+    monkeypatch.setenv("STMKIT_RESULTS", str(tmp_path))
+    batch = ex.start("score", "smoke", "", "score", "", "key-from-the-pipeline")
+    batch.finish(table01=[])
+    hand = ex.start("score", "smoke", "", "score", "", "")  # as JupyterLab runs it: no key, default folder
+    assert hand.interactive and hand.dir == tmp_path / "smoke" / "interactive" / "runs" / "score"
+    hand.finish(table01=[{"by": "hand"}])
+    record = json.loads((tmp_path / "smoke" / "runs" / "score" / "run.json").read_text())
+    assert record["run_key"] == "key-from-the-pipeline" and record["results"]["table01"] == []
+    # an interactive notebook reads its own upstream runs first, then the pipeline's
+    assert hand.load_run("score")["results"]["table01"] == [{"by": "hand"}]
+    assert batch.load_run("score")["results"]["table01"] == []
