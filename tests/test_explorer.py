@@ -1,0 +1,36 @@
+"""The tau explorer: exact stops, the same masked share as training, infinity masks nothing, a static view kept."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stmkit import explorer, masking
+from stmkit.scoring import Scored
+
+SCORED = [
+    Scored("a", list(range(10)), 5, (-np.log([1.0, 3.0, 1.2, 900.0, 1.01])).tolist()),
+    Scored("b", list(range(8)), 4, (-np.log([2.6, 1.0, 2000.0, 1.5])).tolist()),
+]
+
+
+def test_the_paper_values_are_exact_stops_and_infinity_is_the_last():
+    for tau in (1.5, 2.0, 2.5, 3.0, 5.0, 10.0):
+        assert tau in explorer.TAU_STOPS
+    assert explorer.TAU_STOPS[-1] == float("inf")
+
+
+def test_the_share_shown_is_the_share_training_masks():
+    for tau in (1.5, 2.5, 1000.0):
+        masked, total = explorer.masked_counts(SCORED, tau)
+        stats = masking.mask_dataset(SCORED, "threshold", tau).stats
+        assert (masked, total) == (stats["masked_tokens"], stats["response_tokens"])
+    assert "1000" in explorer.summary_html(SCORED, 0, 1000.0) and explorer.masked_counts(SCORED, 1000.0)[0] == 1
+    assert explorer.masked_counts(SCORED, float("inf"))[0] == 0
+    assert "no token is masked" in explorer.summary_html(SCORED, 0, float("inf"))
+
+
+def test_batch_runs_get_the_static_view(monkeypatch, tiny):
+    _, tok = tiny
+    monkeypatch.setenv("STMKIT_BATCH", "1")
+    view = explorer.explorer(SCORED, tok, 2.5)
+    assert "Static view" in view.data and "tau = <b>2.5</b>" in view.data
