@@ -62,6 +62,19 @@ def traces_for(sources: Mapping[str, Sequence[Scored]], item_id: str) -> dict[st
     return out
 
 
+def shared_problem(sources: Mapping[str, Sequence[Scored]], preferred: str) -> tuple[str, str]:
+    """(problem id, note) for Figure 3: `preferred` when every non-empty source has it, else the first problem
+    that the most sources share (ground truth has every problem; generated sets only those answered correctly)."""
+    present = [{s.id for s in scored} for scored in sources.values() if scored]
+    if not present or all(preferred in ids for ids in present):
+        return preferred, ""
+    order = [s.id for s in next(iter(sources.values()))]
+    best = max(order, key=lambda i: (sum(i in ids for ids in present), -order.index(i)))
+    n = sum(best in ids for ids in present)
+    note = "" if n == len(present) else f"no problem is in all {len(present)} sources; problem {best} is in {n}"
+    return best, note
+
+
 def category_shares(scored: Sequence[Scored], masks: Sequence[np.ndarray], tokenizer: Any) -> pd.DataFrame:
     """Figures 8-10: share of each token category among all response tokens and among masked (high-PPL) tokens."""
     special = set(tokenizer.all_special_ids)

@@ -135,6 +135,7 @@ def fig03_traces(traces: Mapping[str, Scored], title: str = "") -> Any:
     axes[-1, 0].set_xlabel("response token position")
     if title:
         fig.suptitle(title, fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 0.96))  # keep the title above the first panel's, not over it
     return fig
 
 

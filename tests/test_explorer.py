@@ -34,3 +34,18 @@ def test_batch_runs_get_the_static_view(monkeypatch, tiny):
     monkeypatch.setenv("STMKIT_BATCH", "1")
     view = explorer.explorer(SCORED, tok, 2.5)
     assert "Static view" in view.data and "tau = <b>2.5</b>" in view.data
+
+
+def test_figure_3_picks_a_problem_every_source_has():
+    from stmkit.analysis import shared_problem
+
+    def s(i):
+        return Scored(i, [0, 1], 1, [-0.1])
+
+    sources = {"Ground Truth": [s("13"), s("14"), s("15")], "Self-Output": [s("15"), s("14")], "Rephrase": [s("14")]}
+    assert shared_problem(sources, "13") == ("14", "")
+    assert shared_problem(sources, "14") == ("14", "")
+    none = {"Ground Truth": [s("1"), s("2")], "Self-Output": [s("2")], "Rephrase": [s("1")]}
+    pid, note = shared_problem(none, "1")
+    assert pid == "1" and "no problem is in all 3 sources" in note
+    assert shared_problem({"Ground Truth": [s("1")], "Self-Output": []}, "1") == ("1", "")
