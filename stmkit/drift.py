@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -179,8 +180,10 @@ def base_view(finetuned: Any, base: Any | None = None) -> Iterator[Any]:
         yield base
         return
     if _is_peft_model(finetuned):
-        with finetuned.disable_adapter():
-            yield finetuned
+        with warnings.catch_warnings():  # PEFT reads a property transformers deprecates; not ours to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            with finetuned.disable_adapter():
+                yield finetuned
         return
     raise ValueError(
         "no base distribution: pass base=<the model before fine-tuning>, or a PEFT model whose adapter can be "

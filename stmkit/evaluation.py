@@ -359,7 +359,9 @@ def load_adapter(base_model: Any, adapter_dir: str | Path) -> Any:
 
     adapter_fingerprint(adapter_dir)  # a clear error for a folder without adapter_config.json
     verify_entry_of(adapter_dir)  # a cached adapter is checked against its manifest before its first use
-    model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    with warnings.catch_warnings():  # PEFT reads a property transformers deprecates; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = PeftModel.from_pretrained(base_model, str(adapter_dir))
     return model.eval()
 
 
