@@ -106,3 +106,26 @@ def masked_examples(scored: Sequence[Scored], masks: Sequence[np.ndarray], token
     rows = [{"token": repr(t), "times_masked": len(v), "median_ppl": float(np.median(v))} for t, v in seen.items()]
     df = pd.DataFrame(rows, columns=["token", "times_masked", "median_ppl"])
     return df.sort_values(["times_masked", "median_ppl"], ascending=[False, False]).head(k).reset_index(drop=True)
+
+
+def entropy_quadrants(sources: Mapping[str, Sequence[Scored]], tau: float, conflict_entropy: float) -> pd.DataFrame:
+    """Share of each source's response tokens in the four quadrants of the probability x entropy plane: below or
+    above STM's probability 1/tau, and below or above the entropy gate (top-20 entropy / log 20). "Confident
+    conflict" = low probability and low entropy: the model was sure of another token (EAFT, arXiv 2601.02151)."""
+    rows = []
+    for label, scored in sources.items():
+        p = np.concatenate([s.probability for s in scored]) if scored else np.zeros(0)
+        h = np.concatenate([np.asarray(s.topk_entropy, dtype=float) for s in scored]) if scored else np.zeros(0)
+        if len(h) != len(p):
+            raise ValueError(f"{label}: scored without per-token entropies; score with stmkit.scoring.score_examples")
+        low_p, low_h = p < 1.0 / tau, h < conflict_entropy
+        n = max(len(p), 1)
+        rows.append({
+            "source": label, "tokens": len(p),
+            "confident_conflict": float((low_p & low_h).sum() / n),  # masked by the conflict rule
+            "uncertain_low_p": float((low_p & ~low_h).sum() / n),  # masked by STM, kept by conflict masking
+            "confident_agree": float((~low_p & low_h).sum() / n),
+            "uncertain_high_p": float((~low_p & ~low_h).sum() / n),
+            "stm_masked": float(low_p.sum() / n),
+        })
+    return pd.DataFrame(rows)

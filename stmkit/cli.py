@@ -50,7 +50,7 @@ def _cmd_mask(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     res = mask_dataset(scored, args.rule, tau=args.tau, quantile=args.quantile, seed=args.seed,
-                       fully_masked=args.fully_masked)
+                       fully_masked=args.fully_masked, conflict_entropy=args.conflict_entropy)
     with atomic_dir(out / "dataset", overwrite=True) as tmp:
         res.to_dataset().save_to_disk(str(tmp))
     stats = {**res.stats, "model": args.model, "data": str(args.data), "scores_cache_key": key,
@@ -60,7 +60,9 @@ def _cmd_mask(args: argparse.Namespace) -> int:
     write_inspection(out / "tokens.jsonl", scored, res.masks, tok)
     print(f"masked {stats['masked_tokens']} of {stats['response_tokens']} response tokens "
           f"({100 * stats['masked_share']:.1f}%) with rule {args.rule}"
-          + (f" tau {args.tau:g} (token probability < {1 / args.tau:.2f})" if args.rule == "threshold" else ""))
+          + (f" tau {args.tau:g} (token probability < {1 / args.tau:.2f})" if args.rule in ("threshold", "conflict")
+             else "")
+          + (f" and top-20 entropy / log 20 < {args.conflict_entropy:g}" if args.rule == "conflict" else ""))
     if res.fully_masked:
         verb = "dropped" if args.fully_masked == "drop" else "kept with only their end-of-turn token trained"
         print(f"{len(res.fully_masked)} examples had every response token masked: {verb}")
@@ -99,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name, Hugging Face id or folder")
     p.add_argument("--data", required=True, help="JSONL: prompt/completion or chat messages per line")
     p.add_argument("--tau", type=float, default=2.5, help="mask response tokens with PPL > tau (default 2.5)")
-    p.add_argument("--rule", default="threshold", choices=["threshold", "quantile", "random", "low", "none"])
+    p.add_argument("--rule", default="threshold", choices=["threshold", "quantile", "random", "low", "conflict", "none"],
+                   help="conflict: only tokens with PPL > tau that the model predicted with low entropy")
+    p.add_argument("--conflict-entropy", type=float, default=0.5,
+                   help="--rule conflict: top-20 entropy / log 20 below this counts as confident (default 0.5)")
     p.add_argument("--quantile", type=float, default=0.2, help="share of tokens masked by --rule quantile")
     p.add_argument("--seed", type=int, default=0, help="seed of --rule random")
     p.add_argument("--fully-masked", default="keep_eos", choices=["keep_eos", "drop"])

@@ -53,7 +53,7 @@ class ScoringConfig:
 
 @dataclass(frozen=True)
 class MaskingConfig:
-    rule: Literal["none", "threshold", "quantile", "random", "low", "dpf", "stm+dpf"] = "threshold"
+    rule: Literal["none", "threshold", "quantile", "random", "low", "dpf", "stm+dpf", "conflict"] = "threshold"
     tau: float = 2.5  # PPL threshold; inf = no masking
     quantile: float = 0.2  # share of response tokens masked by the `quantile` rule
     dpf_delta: float = 0.0  # dpf, stm+dpf: mask tokens whose PPL rose by more than this under the adapter
@@ -61,9 +61,14 @@ class MaskingConfig:
     # never mask the end-of-turn token, so the model still learns where answers stop (not in the paper)
     train_end_of_turn: bool = False
     seed: int = 0
+    # conflict: mask tokens with ppl > tau only where the top-20 predictive entropy / log 20 is below this (the
+    # model was confident and contradicted: EAFT's "confident conflicts"); 0.5 = the middle of the scale
+    conflict_entropy: float = 0.5
 
     def validate(self, where: str) -> None:
         _check(self.tau > 1.0, where, "tau", "must be > 1 (token perplexity is always >= 1); use inf for none")
+        _check(0.0 < self.conflict_entropy <= 1.0, where, "conflict_entropy",
+               "must be in (0, 1] (top-K entropy divided by log K)")
         _check(0.0 <= self.quantile <= 1.0, where, "quantile", "must be in [0, 1]")
 
 
@@ -90,6 +95,12 @@ class TrainingConfig:
     # penalty: loss = CE + kl_coef * KL(base || tuned), the paper's intent. reference: CE - kl_coef * KL, what the
     # reference implementation computes (it rewards divergence); offered only to reproduce that code.
     kl_mode: Literal["penalty", "reference"] = "penalty"
+    # per-token loss weight: nll (every trained token 1), dft (its own detached probability: Dynamic Fine-Tuning,
+    # arXiv 2508.05629, TRL's loss_type="dft"), eaft (its detached top-K entropy / log K, to the power eaft_alpha:
+    # Entropy-Adaptive Fine-Tuning, arXiv 2601.02151)
+    loss: Literal["nll", "dft", "eaft"] = "nll"
+    eaft_top_k: int = 20
+    eaft_alpha: float = 1.0
     save_every_epochs: float = 0.0  # checkpoint (and validation loss) every this many epochs; 0 = per epoch only
     save_every_steps: int = 0  # the same in optimizer steps (overrides save_every_epochs when > 0)
     optim: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = "adamw_torch"
@@ -116,6 +127,8 @@ class TrainingConfig:
             "needs finetune lora or dora (the frozen base is the model with its adapter disabled)",
         )
         _check(self.lora_alpha > 0, where, "lora_alpha", "must be > 0")
+        _check(self.eaft_top_k >= 2, where, "eaft_top_k", "must be >= 2 (the entropy of the top K tokens)")
+        _check(self.eaft_alpha > 0, where, "eaft_alpha", "must be > 0")
         _check(self.scheduler in SCHEDULERS, where, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
         _check(self.save_every_epochs >= 0, where, "save_every_epochs", "must be >= 0 (0 = once per epoch)")
         _check(self.save_every_steps >= 0, where, "save_every_steps", "must be >= 0 (0 = use save_every_epochs)")

@@ -1,4 +1,5 @@
-"""Interactive token explorer: a tau slider that shows which tokens STM masks, live (static HTML in batch runs)."""
+"""Interactive token explorer: a tau slider that shows which tokens STM masks, live (static HTML in batch runs); with
+per-token entropies, an entropy gate shows conflict masking (only the confident conflicts among STM's tokens)."""
 
 from __future__ import annotations
 
@@ -20,20 +21,29 @@ def in_batch() -> bool:
 TAU_STOPS = (1.05, 1.1, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 25.0, 100.0, 1000.0, math.inf)
 
 
-def masked_counts(scored: Sequence[Scored], tau: float) -> tuple[int, int]:
-    """(masked, response tokens) at tau by the same rule training uses (stmkit.masking), so the shares agree."""
+# confident-conflict masking (rule `conflict`): top-20 entropy / log 20 below the stop counts as confident
+ENTROPY_STOPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def masked_counts(scored: Sequence[Scored], tau: float, conflict_entropy: float | None = None) -> tuple[int, int]:
+    """(masked, response tokens) at tau by the same rule training uses (stmkit.masking), so the shares agree;
+    with conflict_entropy, by the `conflict` rule (confident conflicts only)."""
     from .masking import compute_masks
 
-    masks = compute_masks(scored, "threshold", tau)
+    rule = "threshold" if conflict_entropy is None else "conflict"
+    masks = compute_masks(scored, rule, tau, conflict_entropy=conflict_entropy or 0.5)
     return int(sum(int(m.sum()) for m in masks)), int(sum(len(m) for m in masks))
 
 
-def summary_html(scored: Sequence[Scored], index: int, tau: float) -> str:
-    """Share of tokens masked at tau for one example and for the whole dataset."""
-    masked, total = masked_counts(scored, tau)
-    one_masked, one_total = masked_counts([scored[index]], tau)
+def summary_html(scored: Sequence[Scored], index: int, tau: float, conflict_entropy: float | None = None) -> str:
+    """Share of tokens masked at tau (and the entropy gate, for confident conflicts) for one example and overall."""
+    masked, total = masked_counts(scored, tau, conflict_entropy)
+    one_masked, one_total = masked_counts([scored[index]], tau, conflict_entropy)
     if math.isinf(tau):
         rule = "tau = <b>&infin;</b>: no token is masked (plain fine-tuning on every answer token)"
+    elif conflict_entropy is not None:
+        rule = (f"tau = <b>{tau:g}</b>, entropy below <b>{conflict_entropy:g}</b>: conflict masking masks tokens with "
+                f"probability below <b>{1 / tau:.3g}</b> that the model predicted confidently")
     else:
         rule = f"tau = <b>{tau:g}</b>: STM masks tokens with probability below <b>{1 / tau:.3g}</b>"
     return (
@@ -65,13 +75,19 @@ def explorer(scored: Sequence[Scored], tokenizer: Any, tau: float = 2.5, index: 
     slider = w.SelectionSlider(options=[("∞" if math.isinf(t) else f"{t:g}", t) for t in stops], value=tau,
                                description="tau", continuous_update=True)
     picker = w.BoundedIntText(value=index, min=0, max=len(scored) - 1, description="example")
+    controls = [slider, picker]
+    gate = None
+    if all(len(s.topk_entropy) == len(s.logprobs) for s in scored):  # scored with entropies: conflict masking too
+        gate = w.SelectionSlider(options=[("off (STM)", None)] + [(f"{h:g}", h) for h in ENTROPY_STOPS],
+                                 value=None, description="entropy <", continuous_update=True)
+        controls.append(gate)
     out = w.HTML()
 
     def update(*_: Any) -> None:
-        s = scored[picker.value]
-        out.value = summary_html(scored, picker.value, slider.value) + tokens_html(s, tokenizer, slider.value)
+        s, h = scored[picker.value], gate.value if gate is not None else None
+        out.value = summary_html(scored, picker.value, slider.value, h) + tokens_html(s, tokenizer, slider.value, h)
 
-    slider.observe(update, "value")
-    picker.observe(update, "value")
+    for c in controls:
+        c.observe(update, "value")
     update()
-    return w.VBox([w.HBox([slider, picker]), out])
+    return w.VBox([w.HBox(controls), out])

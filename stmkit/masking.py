@@ -12,6 +12,9 @@ Rules (each masks *response* tokens only; prompt tokens are never trained):
 - stm+dpf: mask tokens with ppl_base > tau or ppl_adapter - ppl_base > dpf_delta (reference: delta 0).
   Both need `adapter_scored`: the same examples scored by the base with a fine-tuned adapter merged in (04_sft's
   `reference_run`, normally the ground-truth run; see `stmkit.training.prepare_sft_data`).
+- conflict: mask only "confident conflicts" (EAFT, arXiv 2601.02151): tokens with ppl > tau whose top-K
+  predictive entropy (divided by log K, scoring's `topk_entropy`) is below `conflict_entropy` -- the model
+  confidently predicted something else. The hard counterpart of EAFT's entropy-weighted loss; a subset of STM's mask.
 - none: train on every response token (ground truth).
 An example with every response token masked is never dropped silently: `keep_eos` keeps its end-of-turn token
 trainable, `drop` removes it; both are counted in the statistics. An example truncated at max_length has no
@@ -36,7 +39,7 @@ from .numerics import require_finite
 from .scoring import Scored
 
 IGNORE = -100
-RULES = ("none", "threshold", "quantile", "random", "low", "dpf", "stm+dpf")
+RULES = ("none", "threshold", "quantile", "random", "low", "dpf", "stm+dpf", "conflict")
 
 
 def tau_to_probability(tau: float) -> float:
@@ -108,6 +111,7 @@ def compute_masks(
     seed: int = 0,
     adapter_scored: Sequence[Scored] | None = None,
     dpf_delta: float = 0.0,
+    conflict_entropy: float = 0.5,
 ) -> list[np.ndarray]:
     """Boolean mask (True = masked) over each example's response tokens."""
     if rule not in RULES:
@@ -123,6 +127,8 @@ def compute_masks(
         return [p > tau for p in ppls]
     if rule == "low":
         return [p < tau for p in ppls]
+    if rule == "conflict":
+        return [(p > tau) & confident(s, conflict_entropy) for s, p in zip(scored, ppls, strict=True)]
     if rule == "random":
         out = []
         for s, p in zip(scored, ppls, strict=True):
@@ -158,6 +164,18 @@ def compute_masks(
         diff = a.ppl - p
         out.append(diff > dpf_delta if rule == "dpf" else (p > tau) | (diff > dpf_delta))
     return out
+
+
+def confident(s: Scored, below: float) -> np.ndarray:
+    """Response tokens whose normalised top-K predictive entropy is below `below` (the model was sure)."""
+    if not 0.0 < below <= 1.0:
+        raise ValueError(f"conflict_entropy must be in (0, 1] (top-K entropy divided by log K), got {below}")
+    if len(s.topk_entropy) != len(s.logprobs):
+        raise ValueError(f"example {s.id!r} has no per-token entropies (scored before stmkit recorded them, or by "
+                         "evaluation's log-likelihood); score it with stmkit.scoring.score_examples")
+    h = np.asarray(s.topk_entropy, dtype=np.float64)
+    require_finite(h, f"example {s.id!r} entropies", unit="response token")
+    return h < below
 
 
 def apply_masks(
@@ -209,6 +227,7 @@ def mask_dataset(
     adapter_scored: Sequence[Scored] | None = None,
     dpf_delta: float = 0.0,
     train_end_of_turn: bool = False,
+    conflict_entropy: float = 0.5,
 ) -> MaskResult:
     """Compute masks by a rule and build labels: the one call most users need.
 
@@ -216,7 +235,7 @@ def mask_dataset(
     the model still learns where an answer stops. Off by default: the paper masks by PPL alone. A truncated example
     has no end-of-turn token; its last token keeps the mask the rule gave it.
     """
-    masks = compute_masks(scored, rule, tau, quantile, seed, adapter_scored, dpf_delta)
+    masks = compute_masks(scored, rule, tau, quantile, seed, adapter_scored, dpf_delta, conflict_entropy)
     if train_end_of_turn:
         masks = [np.concatenate([m[:-1], [False]]) if len(m) and not s.truncated else m
                  for s, m in zip(scored, masks, strict=True)]
@@ -229,6 +248,8 @@ def mask_dataset(
         params = {"dpf_delta": dpf_delta}
     elif rule == "stm+dpf":
         params["dpf_delta"] = dpf_delta
+    elif rule == "conflict":
+        params["conflict_entropy"] = conflict_entropy
     elif rule == "none":
         params = {}
     if train_end_of_turn:
@@ -246,23 +267,22 @@ def masked_share_curve(scored: Sequence[Scored], taus: Sequence[float]) -> list[
 
 
 def write_inspection(path: Path, scored: Sequence[Scored], masks: Sequence[np.ndarray], tokenizer: Any) -> None:
-    """JSONL with each response token, its PPL and whether it is masked (for humans and plots)."""
+    """JSONL with each response token, its PPL, its predictive entropies (when scored with them) and whether it is
+    masked (for humans and plots)."""
     from .cache import atomic_write_text
 
     lines = []
     for s, m in zip(scored, masks, strict=True):
         toks = tokenizer.convert_ids_to_tokens(s.response_ids)
         text = [tokenizer.decode([t]) for t in s.response_ids]
-        lines.append(
-            json.dumps(
-                {
-                    "id": s.id,
-                    "seq_ppl": s.seq_ppl,
-                    "tokens": [
-                        {"token": tk, "text": tx, "ppl": round(float(p), 4), "masked": bool(mk)}
-                        for tk, tx, p, mk in zip(toks, text, s.ppl, m, strict=True)
-                    ],
-                }
-            )
-        )
+        n = len(s.logprobs)
+        full = s.entropy if len(s.entropy) == n else [None] * n
+        topk = s.topk_entropy if len(s.topk_entropy) == n else [None] * n
+        tokens = []
+        for tk, tx, p, mk, h, hk in zip(toks, text, s.ppl, m, full, topk, strict=True):
+            row = {"token": tk, "text": tx, "ppl": round(float(p), 4), "masked": bool(mk)}
+            if h is not None:
+                row |= {"entropy": round(float(h), 4), "topk_entropy": round(float(hk), 4)}
+            tokens.append(row)
+        lines.append(json.dumps({"id": s.id, "seq_ppl": s.seq_ppl, "tokens": tokens}))
     atomic_write_text(Path(path), "\n".join(lines) + "\n")

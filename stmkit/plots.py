@@ -34,6 +34,11 @@ METHOD_COLORS = {
     "STM+DPF": "#e377c2",
     "KL": "#393b79",
     "Weight decay": "#637939",
+    "ground truth": "#d62728",
+    "STM, end-of-turn trained": "#6baed6",
+    "DFT": "#ff7f0e",
+    "EAFT": "#2ca02c",
+    "conflict masking": "#9467bd",
 }
 
 
@@ -72,19 +77,31 @@ def _ppl_color(ppl: float, tau: float) -> str:
     return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
 
 
-def tokens_html(scored: Scored, tokenizer: Any, tau: float = 2.5) -> str:
-    """Figure 1 as HTML: response tokens shaded by PPL; tokens above tau (masked by STM) underlined and bold."""
+def tokens_html(scored: Scored, tokenizer: Any, tau: float = 2.5, conflict_entropy: float | None = None) -> str:
+    """Figure 1 as HTML: response tokens shaded by PPL; tokens above tau (masked by STM) underlined and bold.
+
+    conflict_entropy: underline only the confident conflicts (PPL > tau and top-20 entropy / log 20 below it), the
+    `conflict` masking rule. Hovering a token shows its PPL and, when scored with them, its entropies."""
+    from .masking import compute_masks
+
+    rule = "threshold" if conflict_entropy is None else "conflict"
+    mask = compute_masks([scored], rule, tau, conflict_entropy=conflict_entropy or 0.5)[0]
+    what = (f"masks tokens with p &lt; {1 / tau:.2f}" if conflict_entropy is None else
+            f"masks tokens with p &lt; {1 / tau:.2f} and top-20 entropy / log 20 &lt; {conflict_entropy:g}")
     parts = [
         f"<div style='font-family:monospace;white-space:pre-wrap;line-height:1.7'>"
         f"<div style='font-family:sans-serif;font-size:90%;margin-bottom:4px'>tau = {tau:g} "
-        f"(masks tokens with p &lt; {1 / tau:.2f}); <b><u>underlined</u></b> = masked</div>"
+        f"({what}); <b><u>underlined</u></b> = masked</div>"
     ]
-    for tid, p in zip(scored.response_ids, scored.ppl, strict=True):
+    n = len(scored.logprobs)
+    topk = scored.topk_entropy if len(scored.topk_entropy) == n else [None] * n
+    for tid, p, masked, h in zip(scored.response_ids, scored.ppl, mask, topk, strict=True):
         text = html.escape(tokenizer.decode([tid]))
         style = f"background:{_ppl_color(p, tau)}"
-        if p > tau:
+        if masked:
             style += ";font-weight:bold;text-decoration:underline"
-        parts.append(f"<span title='ppl {p:.2f}' style='{style}'>{text}</span>")
+        title = f"ppl {p:.2f}" + ("" if h is None else f", top-20 entropy {h:.2f}")
+        parts.append(f"<span title='{title}' style='{style}'>{text}</span>")
     parts.append("</div>")
     return "".join(parts)
 
@@ -317,5 +334,54 @@ def convergence(curves: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], accurac
                     va="center", transform=ax_acc.transAxes, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def siblings_plane(points: Mapping[str, Sequence[Mapping[str, Mapping[str, float]]]], x_label: str,
+                   y_label: str, title: str = "") -> Any:
+    """Forgetting (x) against target gain (y): one point per method and training seed, 95% item intervals as bars.
+
+    points: {method: [{"x": {"mean", "low", "high"}, "y": {...}, "seed": s}, ...]}."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for method, pts in points.items():
+        for i, p in enumerate(pts):
+            x, y = p["x"], p["y"]
+            ax.errorbar(x["mean"], y["mean"], xerr=[[x["mean"] - x["low"]], [x["high"] - x["mean"]]],
+                        yerr=[[y["mean"] - y["low"]], [y["high"] - y["mean"]]], fmt="o", ms=6, capsize=2,
+                        color=color(method), alpha=0.85, label=method if i == 0 else None)
+    ax.axvline(0, color="#999", lw=0.8)
+    ax.axhline(0, color="#999", lw=0.8)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def probability_entropy_plane(sources: Mapping[str, Sequence[Scored]], tau: float, conflict_entropy: float,
+                              title: str = "") -> Any:
+    """Each source's response tokens on the probability x entropy plane (2-D density, log colour), with STM's
+    threshold (p = 1/tau) and the entropy gate of conflict masking drawn; the lower-left box holds the confident
+    conflicts. EAFT's weight is the y axis itself (top-20 entropy / log 20)."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    use_style()
+    fig, axes = plt.subplots(1, len(sources), figsize=(4.6 * len(sources), 4.0), sharey=True, squeeze=False)
+    for ax, (label, scored) in zip(axes[0], sources.items(), strict=True):
+        p = np.concatenate([s.probability for s in scored])
+        h = np.concatenate([np.asarray(s.topk_entropy, dtype=float) for s in scored])
+        ax.hist2d(p, h, bins=40, range=[[0, 1], [0, 1]], norm=LogNorm(), cmap="viridis")
+        ax.axvline(1 / tau, color="#d62728", lw=1.2, label=f"STM: p = 1/{tau:g}")
+        ax.axhline(conflict_entropy, color="white", lw=1.2, ls="--", label=f"entropy gate {conflict_entropy:g}")
+        share = float(((p < 1 / tau) & (h < conflict_entropy)).mean()) if len(p) else 0.0
+        ax.set_title(f"{label}: {len(p)} tokens, {100 * share:.1f}% confident conflicts", fontsize=9)
+        ax.set_xlabel("probability of the label token")
+    axes[0][0].set_ylabel("top-20 entropy / log 20 (EAFT's weight)")
+    axes[0][0].legend(fontsize=7, loc="upper right", framealpha=0.8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -1326,9 +1326,19 @@ def _verdict_markdown(ctx: Context, model: str) -> str:
         evaluate = list(ctx.by_stage("evaluate").values())
         score = next(iter(ctx.by_stage("score").values()), {})
         data = report_verdict.collect(_sft(ctx), evaluate, score, lambda info: _main_setting(ctx, info))
-        return report_verdict.section(data, ctx.tables_dir, model)
+        text = report_verdict.section(data, ctx.tables_dir, model)
     except Exception as exc:  # a bug to report, not a reason to lose the report
         return f"## Verdict at this scale\n\nThe verdict could not be computed: `{type(exc).__name__}: {exc}`."
+    try:
+        mask_runs = ctx.by_stage("mask")
+        mask_run = next(iter(sorted(mask_runs)), None)
+        plane = ctx.gather_figure(mask_run, "probability_entropy_plane") if mask_run else []
+        quadrants = mask_runs[mask_run].get("results", {}).get("entropy_quadrants") if mask_run else None
+        siblings = report_verdict.siblings_section(data, ctx.tables_dir, ctx.figures_dir,
+                                                   plane[0] if plane else None, quadrants)
+    except Exception as exc:
+        siblings = f"## Beyond the paper: STM and its siblings\n\nNot computed: `{type(exc).__name__}: {exc}`."
+    return text + ("\n\n" + siblings if siblings else "")
 
 
 def build_report(root: Path, profile: str) -> list[Section]:

@@ -8,6 +8,7 @@ gold-answer NLL), ||ΔW|| from the training records, sequence PPL per problem fr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 from . import verdict
 from .tables import save_table, to_markdown
 
-ARM_OF_METHOD = {"gt": "ground truth", "stm": "STM", "random": "random", "low": "low"}
+ARM_OF_METHOD = {"gt": "ground truth", "stm": "STM", "random": "random", "low": "low", "dft": "DFT", "eaft": "EAFT",
+                 "conflict": "conflict masking"}
+SIBLING_ONLY = ("DFT", "EAFT", "conflict masking")  # arms that make the report show "STM and its siblings"
 EOT_ARM = "STM, end-of-turn trained"
 
 
@@ -183,3 +186,76 @@ def section(data: verdict.VerdictInput, tables_dir: Path, model: str) -> str:
             "match to the paper's effective condition; plain STM is the paper's stated method.", "",
         ]
     return "\n".join(lines)
+
+
+def siblings_section(data: verdict.VerdictInput, tables_dir: Path, figures_dir: Path, plane: str | None = None,
+                     quadrants: list[dict[str, Any]] | None = None) -> str:
+    """ "Beyond the paper: STM and its siblings" (empty when no sibling method ran): one table, one figure, and the
+    mask run's probability x entropy plane (a figure path relative to the report) with its quadrant shares."""
+    if not any(a in data.arms for a in SIBLING_ONLY):
+        return ""
+    from . import plots
+
+    rows = [dataclasses.replace(r, reason=r.reason.replace("on the paper's side", "on the method's side")
+                                .replace("on the other side from the paper", "on the other side (worse)"))
+            for r in verdict.siblings(data)]
+    df = verdict.table(rows).drop(columns=["paper"]).rename(columns={"claim": "question"})
+    save_table(df, "siblings", tables_dir, "STM and its siblings against ground truth (same seeds, order, steps).")
+    points = {}
+    for arm in ("ground truth", *verdict.SIBLINGS):
+        xs = {p["seed"]: p for p in verdict.per_seed_points(data, arm, "gold_nll")}
+        ys = {p["seed"]: p for p in verdict.per_seed_points(data, arm, "target_gold_nll")}
+        # the target gain is the fall of target gold NLL: flip its sign so up is better
+        pts = [{"seed": s, "x": xs[s], "y": {"mean": -ys[s]["mean"], "low": -ys[s]["high"], "high": -ys[s]["low"]}}
+               for s in sorted(set(xs) & set(ys))]
+        if pts:
+            points[arm] = pts
+    lines = ["## Beyond the paper: STM and its siblings", "",
+             "Methods that decide token by token how much of the supervised loss to keep, judged by the model's own "
+             "prediction, trained with the same seeds, example order, steps and evaluation as ground truth: STM "
+             "(this paper), STM with the end-of-turn token trained, DFT (each token's loss weighted by its own "
+             "probability, arXiv 2508.05629, TRL's `loss_type=\"dft\"`), EAFT (weighted by the normalised top-20 "
+             "entropy of the prediction, arXiv 2601.02151) and conflict masking (STM's mask restricted to tokens the "
+             "model predicted with low entropy: EAFT's \"confident conflicts\"). Each row is the method minus ground "
+             "truth, seed by seed, with a 95% interval over seeds and items and the smallest effect this design "
+             "detects (MDE); none of these methods is in the paper, so there is no paper column.", ""]
+    seeds = {a: sorted(r) for a, r in data.arms.items() if a == "ground truth" or a in verdict.SIBLINGS}
+    lines += ["Seeds: " + ", ".join(f"{a} {s}" for a, s in seeds.items()) + ".", ""]
+    lines += [_siblings_summary(rows), "", to_markdown(df), ""]
+    if points:
+        fig = plots.siblings_plane(points, "forgetting: rise of non-target gold-answer NLL over the base (nats/token)",
+                                   "target gain: fall of MBPP gold-answer NLL below the base (nats/token)",
+                                   "one point per method and training seed (bars: 95% over items)")
+        files = plots.save_figure(fig, "siblings_forgetting_vs_gain", figures_dir)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        lines += [f"![STM and its siblings]({files[0].parent.name}/{files[0].name})", "",
+                  "Left is less forgetting, up is more target gain. Target gold-answer NLL favours methods that train "
+                  "on every token of answers written like the references (ground truth, DFT, EAFT) by construction; "
+                  "MBPP pass@1 in the table is the task's own measure.", ""]
+    if plane:
+        lines += ["Where the methods differ: the training tokens on the probability × entropy plane (02_mask_tokens). "
+                  "STM masks everything left of the red line; conflict masking only the part of it below the "
+                  "entropy gate (confident conflicts); EAFT weights every token by its height; DFT by its "
+                  "horizontal position.", "", f"![probability x entropy]({plane})", ""]
+        if quadrants:
+            shares = "; ".join(f"{q['source']}: {100 * q['confident_conflict']:.1f}% confident conflicts of "
+                               f"{100 * q['stm_masked']:.1f}% below STM's threshold ({q['tokens']} tokens)"
+                               for q in quadrants)
+            lines += [f"Shares of response tokens: {shares}.", ""]
+    return "\n".join(lines)
+
+
+def _siblings_summary(rows: list[verdict.Row]) -> str:
+    """Which methods mitigate forgetting here, and at what cost to the target: read off the computed rows."""
+    by_arm: dict[str, dict[str, list[str]]] = {}
+    for r in rows:
+        key = "less" if r.claim == verdict.CLAIMS["sibling_less"] else "target"
+        by_arm.setdefault(r.arm, {"less": [], "target": []})[key].append(f"{r.measure.split(',')[0]} {r.verdict}")
+    parts = []
+    for arm, v in by_arm.items():
+        parts.append(f"**{arm}**: forgets less than ground truth? " + "; ".join(v["less"])
+                     + ". Keeps the target gain? " + "; ".join(v["target"]) + ".")
+    return ("Computed from the rows below (holds = the interval excludes zero on the method's side; contradicted = "
+            "on the worse side; inconclusive = spans zero). " + " ".join(parts))

@@ -1,7 +1,9 @@
 """Per-token log-probabilities and perplexities of responses under a model, batched and cached.
 
 ppl_i = exp(-log p(x_i | x_<i)) (natural log) for every response token, aligned to the training input_ids;
-sequence PPL = exp(mean NLL over the response tokens).
+sequence PPL = exp(mean NLL over the response tokens). The same forward pass records each response token's
+predictive entropy: over the full vocabulary (nats) and over the top-K tokens renormalised, divided by log K (in
+[0, 1]; K = 20, EAFT's estimate, arXiv 2601.02151). Low probability with low entropy is a "confident conflict".
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 from .cache import Cache, CacheCorruptError, content_key, dumps_finite
 from .numerics import require_finite
 
-SCORING_VERSION = 1
+SCORING_VERSION = 2  # 2: entropies recorded beside the log-probs
+ENTROPY_TOP_K = 20
 
 
 @dataclass
@@ -46,6 +49,12 @@ class Scored:
     logprobs: list[float]  # one per response token
     truncated: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    entropy: list[float] = field(default_factory=list)  # per response token, full vocabulary (nats)
+    topk_entropy: list[float] = field(default_factory=list)  # per response token, top-K, divided by log K
+
+    @property
+    def probability(self) -> np.ndarray:
+        return np.exp(np.asarray(self.logprobs, dtype=np.float64))
 
     @property
     def ppl(self) -> np.ndarray:
@@ -71,6 +80,8 @@ class Scored:
             "logprobs": self.logprobs,
             "truncated": self.truncated,
             "meta": self.meta,
+            "entropy": self.entropy,
+            "topk_entropy": self.topk_entropy,
         }
 
 
@@ -155,13 +166,28 @@ def _head(model: Any):
     return decoder, head, cap
 
 
+def token_entropies(logits: Any, top_k: int = ENTROPY_TOP_K) -> tuple[Any, Any]:
+    """(full entropy in nats, top-K entropy / log K) of each row of logits [n, vocab]: EAFT's gate is the second."""
+    import torch
+
+    logp = torch.log_softmax(logits, dim=-1)
+    full = -(logp.exp() * logp).sum(-1)
+    k = min(top_k, logits.shape[-1])
+    top = torch.log_softmax(torch.topk(logits, k, dim=-1).values, dim=-1)
+    norm = -(top.exp() * top).sum(-1) / math.log(k) if k > 1 else torch.zeros_like(full)
+    return full, norm
+
+
 def response_logprobs(
     model: Any,
     rows: Sequence[Rendered],
     pad_id: int,
     padding_side: str = "right",
-) -> list[np.ndarray]:
-    """Log-probabilities of each row's response tokens in one forward pass (the LM head only at those positions)."""
+    entropies: bool = False,
+) -> list[Any]:
+    """Log-probabilities of each row's response tokens in one forward pass (the LM head only at those positions).
+
+    entropies: return (log-probs, full entropy, top-K entropy / log K) per row, from the same logits."""
     import torch
 
     device = next(model.parameters()).device
@@ -185,9 +211,13 @@ def response_logprobs(
     if cap:
         logits = torch.tanh(logits / cap) * cap
     lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0].cpu().numpy()
+    columns = [lp]
+    if entropies:
+        columns += [t.cpu().numpy() for t in token_entropies(logits)]
     out, start = [], 0
     for r in rows:
-        out.append(lp[start : start + r.n_response].astype(np.float64))
+        parts = [c[start : start + r.n_response].astype(np.float64) for c in columns]
+        out.append(tuple(parts) if entropies else parts[0])
         start += r.n_response
     return out
 
@@ -200,8 +230,12 @@ def score_rendered(
     max_tokens_per_batch: int = 8192,
     progress: bool = True,
     padding_side: str = "right",
+    entropies: bool = False,
 ) -> list[Scored]:
-    """Score many rendered examples: length-sorted batches, inference mode, results in input order."""
+    """Score many rendered examples: length-sorted batches, inference mode, results in input order.
+
+    entropies: also record each response token's predictive entropies (scoring for masking does; evaluation's
+    log-likelihoods need only the log-probs)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -209,20 +243,24 @@ def score_rendered(
         if r.n_response < 1:
             raise ValueError(f"example {r.id!r} has no response tokens to score")
     batches = length_sorted_batches([len(r.input_ids) for r in rendered], batch_size, max_tokens_per_batch)
-    results: list[np.ndarray | None] = [None] * len(rendered)
+    results: list[Any] = [None] * len(rendered)
     was_training = model.training
     model.eval()
     with torch.inference_mode():
         for batch in tqdm(batches, desc="scoring", unit="batch", disable=not progress, leave=False):
-            lps = response_logprobs(model, [rendered[i] for i in batch], pad_id, padding_side)
-            for i, lp in sorted(zip(batch, lps, strict=True), key=lambda pair: pair[0]):
+            rows = response_logprobs(model, [rendered[i] for i in batch], pad_id, padding_side, entropies)
+            for i, row in sorted(zip(batch, rows, strict=True), key=lambda pair: pair[0]):
+                row = row if entropies else (row, None, None)
                 # NaN > tau is False: a NaN would pass as a confident token that is never masked
-                require_finite(lp, f"example {rendered[i].id!r} (index {i}) log-probs", unit="response token")
-                results[i] = lp
+                require_finite(row[0], f"example {rendered[i].id!r} (index {i}) log-probs", unit="response token")
+                if entropies:
+                    require_finite(row[1], f"example {rendered[i].id!r} (index {i}) entropies", unit="response token")
+                results[i] = row
     model.train(was_training)
     return [
-        Scored(r.id, list(r.input_ids), r.response_start, res.tolist(), r.truncated)
-        for r, res in zip(rendered, results, strict=True)
+        Scored(r.id, list(r.input_ids), r.response_start, lp.tolist(), r.truncated,
+               entropy=[] if full is None else full.tolist(), topk_entropy=[] if topk is None else topk.tolist())
+        for r, (lp, full, topk) in zip(rendered, results, strict=True)
     ]
 
 
@@ -301,7 +339,8 @@ def score_examples(
         return scored, key
     t0 = time.perf_counter()
     rendered = render_examples(tokenizer, examples, max_length)
-    scored = score_rendered(model, rendered, tokenizer.pad_token_id, batch_size, max_tokens_per_batch, progress)
+    scored = score_rendered(model, rendered, tokenizer.pad_token_id, batch_size, max_tokens_per_batch, progress,
+                            entropies=True)
     # the compute time is stored with the scores: a cached rerun still reports what scoring cost (Table 17)
     meta = {"n": len(scored), "dtype": dtype, "torch": torch.__version__, "wall_s": time.perf_counter() - t0}
     with cache.put("scores", key, meta=meta) as tmp:

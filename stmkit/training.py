@@ -74,9 +74,15 @@ METHODS = {  # notebook `method` -> (masking rule, training data source)
     "stm+dpf": ("stm+dpf", "ground_truth"),
     "self_output": ("none", "Self-Output"),
     "rephrase": ("none", "Rephrase"),
+    # STM's siblings: every token kept, the loss reweighted (training.loss), or only confident conflicts masked
+    "dft": ("none", "ground_truth"),
+    "eaft": ("none", "ground_truth"),
+    "conflict": ("conflict", "ground_truth"),
 }
+METHOD_LOSS = {"dft": "dft", "eaft": "eaft"}  # methods that set training.loss (every other method: nll)
 METHOD_LABELS = {"gt": "Ground Truth", "stm": "STM", "random": "Random", "low": "Low", "quantile": "Quantile",
-                 "dpf": "DPF", "stm+dpf": "STM+DPF", "self_output": "Self-Output", "rephrase": "Rephrase"}
+                 "dpf": "DPF", "stm+dpf": "STM+DPF", "self_output": "Self-Output", "rephrase": "Rephrase",
+                 "dft": "DFT", "eaft": "EAFT", "conflict": "Conflict masking"}
 DPF_RULES = ("dpf", "stm+dpf")
 
 ACCELERATE_HELP = """\
@@ -359,6 +365,28 @@ def _write_model_info(folder: Path, base_ref: str, finetune: str, model_fp: str,
 COMPACT_HEAD_OFF_GPU = True
 
 
+def token_weights(loss: str, logits: Any, token_logp: Any, top_k: int = 20, alpha: float = 1.0) -> Any:
+    """Per-token weights of the supervised loss (detached: they scale each token's gradient, never receive one).
+
+    nll: None (every token 1). dft: the token's own probability (Dynamic Fine-Tuning, arXiv 2508.05629; TRL's
+    loss_type="dft" computes the same). eaft: (top-K entropy / log K) ** alpha of the predictive distribution
+    (Entropy-Adaptive Fine-Tuning, arXiv 2601.02151, K = 20; its code divides by 3.0, about log 20 = 2.996):
+    near 0 where the model is confident, so a confidently contradicted token barely trains.
+    """
+    if loss == "nll":
+        return None
+    if loss == "dft":
+        return token_logp.exp().detach()
+    if loss == "eaft":
+        import torch
+
+        from .scoring import token_entropies
+
+        with torch.no_grad():
+            return token_entropies(logits.detach(), top_k)[1].pow(alpha)
+    raise ValueError(f"unknown training.loss {loss!r} (nll, dft, eaft)")
+
+
 def _trainer_class() -> type:
     """SFTTrainer with the KL-to-base regulariser (built lazily: importing TRL takes seconds)."""
     import torch
@@ -370,6 +398,9 @@ def _trainer_class() -> type:
         kl_coef: float = 0.0
         kl_sign: float = 1.0  # +1 penalises divergence (paper); -1 rewards it (reference implementation)
         compact_head: bool = False
+        token_loss: str = "nll"  # TrainingConfig.loss
+        eaft_top_k: int = 20
+        eaft_alpha: float = 1.0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             out = self._loss(model, inputs, return_outputs, num_items_in_batch)
@@ -381,7 +412,14 @@ def _trainer_class() -> type:
             return out
 
         def _loss(self, model, inputs, return_outputs, num_items_in_batch):
-            if not model.training or (self.kl_coef == 0 and not self.compact_head):
+            training = model.training
+            # TRL computes NLL and DFT itself (with its fused LM head on GPU). The kit computes the loss where TRL
+            # has no option for it (the KL term, EAFT), where the compact LM head saves compute (off GPU), and for
+            # validation under a reweighted loss: validation loss is plain NLL for every method, so the curves of
+            # different methods compare (TRL would weight it too).
+            own = (self.kl_coef != 0 or self.compact_head or self.token_loss == "eaft") if training \
+                else self.token_loss != "nll"
+            if not own:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs["labels"]
             # position t predicts token t+1: keep the hidden states whose next label is trained
@@ -392,10 +430,13 @@ def _trainer_class() -> type:
             # Through the wrapped model (DDP/FSDP/ZeRO hooks run), logits only at the kept positions.
             logits = model(**fwd, logits_to_keep=keep, use_cache=False).logits.float()
             logp = torch.log_softmax(logits, -1)
-            nll = -logp.gather(-1, targets[:, None]).sum()
+            token_logp = logp.gather(-1, targets[:, None])[:, 0]
+            weight = token_weights(self.token_loss if training else "nll", logits, token_logp,
+                                   self.eaft_top_k, self.eaft_alpha)
+            nll = -(token_logp if weight is None else token_logp * weight).sum()
             total = nll
             local = max(int(targets.numel()), 1)
-            if self.kl_coef:
+            if self.kl_coef and training:
                 with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
                     logp_base = torch.log_softmax(model(**fwd, logits_to_keep=keep, use_cache=False).logits.float(), -1)
                 kl = (logp_base.exp() * (logp_base - logp)).sum()
@@ -406,14 +447,15 @@ def _trainer_class() -> type:
             loss = total / torch.as_tensor(n).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as TRL/Trainer: DDP averages gradients over ranks
+            mode = "train" if training else "eval"
             with torch.no_grad():  # the metrics TRL logs on its own path
                 entropy = -(logp.exp() * logp).sum(-1)
-                self._metrics["train"]["entropy"].append(float(entropy.sum()) / local)
+                self._metrics[mode]["entropy"].append(float(entropy.sum()) / local)
                 correct = (logits.argmax(-1) == targets).sum()
-                self._metrics["train"]["mean_token_accuracy"].append(float(correct) / local)
-                if "attention_mask" in inputs:
+                self._metrics[mode]["mean_token_accuracy"].append(float(correct) / local)
+                if "attention_mask" in inputs and training:
                     self._total_train_tokens += int(inputs["attention_mask"].sum())
-                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return (loss, None) if return_outputs else loss
 
     return STMTrainer
@@ -514,8 +556,15 @@ def training_key(cfg: TrainingConfig, data_fp: str, eval_fp: str | None, model_f
                  precision: str, world_size: int = 1, init_adapter_fp: str | None = None) -> str:
     """Cache key of a trained model: exactly what determines it (plus the starting adapter, when continual)."""
     extra = {} if init_adapter_fp is None else {"init_adapter": init_adapter_fp}  # earlier keys stay valid
+    config = asdict(cfg)
+    # the loss settings joined the config later: at their defaults they stay out, so earlier keys stay valid
+    if cfg.loss != "eaft":
+        config.pop("eaft_top_k")
+        config.pop("eaft_alpha")
+    if cfg.loss == "nll":
+        config.pop("loss")
     return content_key(
-        "adapter", TRAINING_VERSION, config=asdict(cfg), data=data_fp, eval=eval_fp, model=model_fp, seed=seed,
+        "adapter", TRAINING_VERSION, config=config, data=data_fp, eval=eval_fp, model=model_fp, seed=seed,
         precision=precision, world_size=world_size, **extra,
     )
 
@@ -686,6 +735,7 @@ def _build(
         report_to="none",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        loss_type="dft" if cfg.loss == "dft" else "nll",  # TRL's own DFT; EAFT is the trainer's loss below
     )
     # Load after the config: under DeepSpeed ZeRO-3 / FSDP cpu-efficient loading, the config decides how weights load.
     set_seed(seed)
@@ -705,6 +755,8 @@ def _build(
         trainer = trainer_cls(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
                               processing_class=tokenizer, peft_config=peft_config)
     trainer.kl_coef = cfg.kl_coef
+    trainer.token_loss = cfg.loss
+    trainer.eaft_top_k, trainer.eaft_alpha = cfg.eaft_top_k, cfg.eaft_alpha
     trainer.kl_sign = 1.0 if cfg.kl_mode == "penalty" else -1.0
     trainer.compact_head = COMPACT_HEAD_OFF_GPU and dev not in ("cuda", "xpu")
     if len(trainer.train_dataset) != n_examples:  # TRL must not drop or add examples
@@ -976,6 +1028,10 @@ def prepare_sft_data(
     if m.rule != rule:
         raise ValueError(f"masking.rule is '{m.rule}' but method '{method}' masks by '{rule}'; start the run with "
                          "training.method_overrides(method, overrides)")
+    loss = run.profile.training.loss
+    if method in METHOD_LOSS and loss != METHOD_LOSS[method]:
+        raise ValueError(f"training.loss is '{loss}' but method '{method}' trains with '{METHOD_LOSS[method]}'; "
+                         "start the run with training.method_overrides(method, overrides)")
     if rule in DPF_RULES and not reference_run:
         raise ValueError(f"method '{method}' needs reference_run: the 04_sft run (normally the ground-truth run, "
                          "e.g. reference_run = \"sft-gt\") whose adapter scores the training data")
@@ -1041,8 +1097,8 @@ def prepare_sft_data(
             adapter_scored = score_under(run, model, fp, examples, f"{score_label}_under_{reference_run}")
         info["reference_fingerprint"] = fp
     data = masking.mask_dataset(scored, m.rule, m.tau, m.quantile, m.seed, m.fully_masked, adapter_scored,
-                                m.dpf_delta,
-                                train_end_of_turn=m.train_end_of_turn)
+                                m.dpf_delta, train_end_of_turn=m.train_end_of_turn,
+                                conflict_entropy=m.conflict_entropy)
     info["label_ppl"] = label_ppl(scored)
     return SFTData(method, label, source, scored, data, info)
 
@@ -1101,15 +1157,18 @@ def method_overrides(method: str, overrides: str = "") -> str:
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (methods: {', '.join(METHODS)})")
     rule = METHODS[method][0]
+    added = {"masking.rule": rule}
+    if method in METHOD_LOSS:
+        added["training.loss"] = METHOD_LOSS[method]
     text = (overrides or "").strip()
-    if text.startswith("{"):  # a mapping, as the pipeline passes it: add the key, keep it a mapping
+    if text.startswith("{"):  # a mapping, as the pipeline passes it: add the keys, keep it a mapping
         import yaml
 
         flat = yaml.safe_load(text) or {}
         if not isinstance(flat, dict):
             raise ValueError(f"overrides {overrides!r}: expected a mapping such as {{training.finetune: dora}}")
-        return json.dumps({**flat, "masking.rule": rule}, sort_keys=True)
-    return ",".join(p for p in (text, f"masking.rule={rule}") if p)
+        return json.dumps({**flat, **added}, sort_keys=True)
+    return ",".join(p for p in (text, *(f"{k}={v}" for k, v in added.items())) if p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,7 +78,12 @@ CLAIMS = {
     "high_beats_controls": "4. Masking high-PPL tokens forgets less than random / low-PPL masking (Table 3)",
     "delta_w": "5. STM's ||ΔW|| is smaller than ground truth's (Table 7)",
     "ppl_order": "6. Ground truth has higher sequence PPL than Self-Output and Rephrase data (Table 1)",
+    # beyond the paper: STM and its siblings, each against ground truth (same seeds, order, steps, evaluation)
+    "sibling_less": "forgets less than ground truth",
+    "sibling_target": "target-task gain at least ground truth's",
 }
+# the arms of "STM and its siblings", in the order the report shows them (arms absent from the runs are skipped)
+SIBLINGS = ("STM", "STM, end-of-turn trained", "DFT", "EAFT", "conflict masking")
 
 
 def _matrix(data: VerdictInput, measure: str, runs: Mapping[int, str],
@@ -214,6 +219,34 @@ def build(data: VerdictInput) -> list[Row]:
         row = _row("ppl_order", f"Ground Truth − {source}", "sequence PPL", m, +1, data, seeds_matter=False)
         rows.append(row)
     return rows
+
+
+def siblings(data: VerdictInput) -> list[Row]:
+    """Each sibling method against ground truth, seed by seed: the forgetting measures (less is the hoped-for side)
+    and the target measures (a gain at least ground truth's). Nothing from the paper: these methods are not in it."""
+    rows: list[Row] = []
+    gt = data.arms.get("ground truth", {})
+    for arm in (a for a in SIBLINGS if a in data.arms):
+        runs = data.arms[arm]
+        for claim, measures in (("sibling_less", FORGETTING), ("sibling_target", TARGET)):
+            for m in measures:
+                rows.append(_row(claim, arm, m, _matrix(data, m, runs, gt.get), -MEASURES[m][1], data))
+    return rows
+
+
+def per_seed_points(data: VerdictInput, arm: str, measure: str) -> list[dict[str, float]]:
+    """For a figure: one point per seed of an arm, the mean change from the base over items with a 95% t interval
+    over items (seed variation shows as the spread of the points)."""
+    out = []
+    for seed, label in sorted(data.arms.get(arm, {}).items()):
+        d, _ = _matrix(data, measure, {seed: label}, lambda s: BASE)
+        if d is None:
+            continue
+        v = d[0]
+        half = power.t_quantile(0.975, len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
+        out.append({"seed": seed, "label": label, "mean": float(v.mean()), "low": float(v.mean()) - half,
+                    "high": float(v.mean()) + half, "items": len(v)})
+    return out
 
 
 def table(rows: list[Row]) -> Any:

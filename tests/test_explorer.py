@@ -49,3 +49,20 @@ def test_figure_3_picks_a_problem_every_source_has():
     pid, note = shared_problem(none, "1")
     assert pid == "1" and "no problem is in all 3 sources" in note
     assert shared_problem({"Ground Truth": [s("1")], "Self-Output": []}, "1") == ("1", "")
+
+
+def test_the_entropy_gate_shows_conflict_masking_with_trainings_rule(monkeypatch, tiny):
+    _, tok = tiny
+    gated = [Scored(s.id, s.input_ids, s.response_start, s.logprobs, topk_entropy=h, entropy=[1.0] * len(h))
+             for s, h in zip(SCORED, ([0.9, 0.2, 0.2, 0.1, 0.9], [0.1, 0.9, 0.8, 0.2]), strict=True)]
+    masked, total = explorer.masked_counts(gated, 2.5, 0.5)
+    stats = masking.mask_dataset(gated, "conflict", 2.5, conflict_entropy=0.5).stats
+    assert (masked, total) == (stats["masked_tokens"], stats["response_tokens"]) == (3, 9)
+    assert "predicted confidently" in explorer.summary_html(gated, 0, 2.5, 0.5)
+    from stmkit.plots import tokens_html
+
+    html = tokens_html(gated[0], tok, 2.5, 0.5)
+    assert html.count("text-decoration:underline") == 2 and "top-20 entropy 0.10" in html
+    # the second example: STM masks PPL 2.6 and 2000; only the first was predicted confidently
+    assert tokens_html(gated[1], tok, 2.5).count("text-decoration:underline") == 2
+    assert tokens_html(gated[1], tok, 2.5, 0.5).count("text-decoration:underline") == 1

@@ -140,3 +140,43 @@ def test_end_of_turn_share_counts_only_examples_that_have_one():
     assert res.stats["end_of_turn_masked_share"] == 1.0  # 1 of the 1 examples that end in end-of-turn
     only_cut = mask_dataset([cut], "threshold", tau=2.5)
     assert only_cut.stats["end_of_turn_masked_share"] == 0.0
+
+
+def with_entropy(s: Scored, topk: list[float]) -> Scored:
+    return Scored(s.id, s.input_ids, s.response_start, s.logprobs, topk_entropy=topk, entropy=[1.0] * len(topk))
+
+
+def test_conflict_masks_only_confident_high_ppl_tokens():
+    """Confident conflicts: ppl > tau and top-K entropy / log K below the threshold; a subset of STM's mask."""
+    data = [with_entropy(DATA[0], [0.9, 0.1, 0.1, 0.6, 0.2]), with_entropy(DATA[1], [0.3, 0.1, 0.9, 0.1])]
+    masks = compute_masks(data, "conflict", tau=2.5, conflict_entropy=0.5)
+    assert [m.tolist() for m in masks] == [[False, True, False, False, False], [True, False, False, True]]
+    stm = compute_masks(data, "threshold", tau=2.5)
+    assert all((c <= s).all() for c, s in zip(masks, stm, strict=True))
+    res = mask_dataset(data, "conflict", tau=2.5, conflict_entropy=0.7)
+    assert res.stats["conflict_entropy"] == 0.7 and res.stats["masked_tokens"] == 4
+
+
+def test_conflict_needs_entropies_and_a_threshold_in_range():
+    with pytest.raises(ValueError, match="example 'a' has no per-token entropies"):
+        compute_masks(DATA, "conflict")
+    with pytest.raises(ValueError, match="conflict_entropy must be in"):
+        compute_masks([with_entropy(DATA[2], [0.1, 0.1])], "conflict", conflict_entropy=0.0)
+    bad = with_entropy(DATA[2], [0.1, float("nan")])
+    with pytest.raises(Exception, match="entropies"):
+        compute_masks([bad], "conflict")
+
+
+def test_entropy_quadrants_split_every_token_once_and_match_the_conflict_rule(tmp_path):
+    from stmkit import analysis, plots
+
+    data = [with_entropy(DATA[0], [0.9, 0.1, 0.1, 0.6, 0.2]), with_entropy(DATA[1], [0.3, 0.1, 0.9, 0.1])]
+    q = analysis.entropy_quadrants({"Ground Truth": data}, tau=2.5, conflict_entropy=0.5).iloc[0]
+    shares = ["confident_conflict", "uncertain_low_p", "confident_agree", "uncertain_high_p"]
+    assert q["tokens"] == 9 and sum(q[c] for c in shares) == pytest.approx(1.0)
+    conflicts = sum(int(m.sum()) for m in compute_masks(data, "conflict", tau=2.5, conflict_entropy=0.5))
+    assert q["confident_conflict"] == pytest.approx(conflicts / 9) and q["stm_masked"] == pytest.approx(4 / 9)
+    fig = plots.probability_entropy_plane({"Ground Truth": data, "Self-Output": data[:1]}, 2.5, 0.5, "t")
+    assert len(fig.axes) >= 2 and "confident conflicts" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="Ground Truth: scored without per-token entropies"):
+        analysis.entropy_quadrants({"Ground Truth": DATA}, 2.5, 0.5)

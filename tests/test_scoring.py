@@ -117,3 +117,24 @@ def test_non_finite_logprobs_are_refused_with_the_example_and_never_cached(tiny,
     with pytest.raises(NonFiniteError, match="example 'a'"):
         score_examples(_poisoned(model), tok, EXAMPLES, model_fingerprint="fp", cache=cache, progress=False)
     assert not (tmp_path / "scores").exists() or not any((tmp_path / "scores").iterdir())
+
+
+def test_entropies_are_recorded_from_the_same_forward_pass(tiny, tmp_path):
+    """Full-vocabulary entropy (nats) and top-20 entropy / log 20 of each response token's predictive distribution,
+    checked against the model's own logits; score_examples records them, evaluation's log-likelihoods do not."""
+    model, tok = tiny
+    scored, _ = score_examples(model, tok, EXAMPLES[:2], model_fingerprint="fp", cache=Cache(tmp_path),
+                               progress=False)
+    plain = score_rendered(model, render_examples(tok, EXAMPLES[:2]), tok.pad_token_id, progress=False)
+    assert plain[0].entropy == [] and plain[0].topk_entropy == []
+    for s in scored:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([s.input_ids])).logits[0].double()
+        rows = logits[s.response_start - 1 : len(s.input_ids) - 1]
+        p = torch.softmax(rows, -1)
+        full = -(p * torch.log_softmax(rows, -1)).sum(-1)
+        top = torch.softmax(torch.sort(rows, -1, descending=True).values[:, :20], -1)
+        norm = -(top * top.log()).sum(-1) / np.log(20)
+        np.testing.assert_allclose(s.entropy, full.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(s.topk_entropy, norm.numpy(), rtol=1e-4, atol=1e-5)
+        assert len(s.entropy) == len(s.logprobs) and all(0.0 <= h <= 1.0 + 1e-9 for h in s.topk_entropy)

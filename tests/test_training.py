@@ -281,11 +281,14 @@ def test_config_validation_names_the_key():
         training.method_overrides("nope")
 
 
-def test_compact_lm_head_gives_the_same_update_as_trl(tiny, tmp_path, monkeypatch):
-    """Off GPU stmkit projects only trained positions; one SGD step (accumulation 4x2) matches TRL's own loss."""
+@pytest.mark.parametrize("loss", ["nll", "dft"])
+def test_compact_lm_head_gives_the_same_update_as_trl(tiny, tmp_path, monkeypatch, loss):
+    """Off GPU stmkit projects only trained positions; one SGD step (accumulation 4x2) matches TRL's own loss,
+    plain NLL and TRL's DFT (loss_type="dft") alike."""
     _, tok = tiny
     rows = _synthetic([1, 5, 30, 2, 9, 3, 17, 4], seed=1)
-    cfg = dataclasses.replace(BASE, optim="sgd", learning_rate=0.5, max_grad_norm=0.0, max_steps=1, grad_accum=4)
+    cfg = dataclasses.replace(BASE, optim="sgd", learning_rate=0.5, max_grad_norm=0.0, max_steps=1, grad_accum=4,
+                              loss=loss)
     ours = run(rows, cfg, Cache(tmp_path / "a"), tok)
     monkeypatch.setattr(training, "COMPACT_HEAD_OFF_GPU", False)
     trl = run(rows, cfg, Cache(tmp_path / "b"), tok)
@@ -399,3 +402,92 @@ def test_corrupted_cached_adapter_is_refused_on_a_cache_hit(tiny, scored, tmp_pa
     weights.write_bytes(bytes(raw))
     with pytest.raises(CacheCorruptError, match=rf"{first.dir}.*adapter_model\.safetensors.*delete"):
         run(data, dataclasses.replace(BASE, max_steps=1), cache, tok)
+
+
+def _batch(trainer, rows):
+    batch = trainer.data_collator([{**r, "_row": i} for i, r in enumerate(rows)])
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
+
+
+def _hand_weighted_loss(model, batch, weight_of) -> float:
+    """Mean over trained tokens of weight * NLL, from full logits and an explicit loop (no shared code)."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    total, n = 0.0, 0
+    labels = batch["labels"]
+    for b in range(labels.shape[0]):
+        for t in range(1, labels.shape[1]):
+            y = int(labels[b, t])
+            if y == -100:
+                continue
+            row = logits[b, t - 1]
+            logp = torch.log_softmax(row, -1)
+            total += -float(logp[y]) * weight_of(row, float(logp[y]))
+            n += 1
+    return total / n
+
+
+def _eaft_weight(row: torch.Tensor, _logp: float) -> float:
+    top = torch.sort(row, descending=True).values[:20]
+    p = torch.softmax(top, -1)
+    return float(-(p * p.log()).sum() / np.log(20))
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_eaft_loss_equals_a_hand_computation(tiny, tmp_path, monkeypatch, compact):
+    """EAFT: each trained token's NLL times its top-20 entropy / log 20 (detached), averaged over trained tokens."""
+    _, tok = tiny
+    monkeypatch.setattr(training, "COMPACT_HEAD_OFF_GPU", compact)
+    rows = _synthetic([3, 12, 7], seed=4)
+    cfg = dataclasses.replace(BASE, loss="eaft")
+    trainer = training.build_trainer("tiny-llama", rows, cfg, tmp_path, tokenizer=tok, device="cpu", progress=False)
+    trainer.model.train()
+    batch = _batch(trainer, rows)
+    got = float(trainer.compute_loss(trainer.model, dict(batch)).detach())
+    want = _hand_weighted_loss(trainer.model, batch, _eaft_weight)
+    plain = _hand_weighted_loss(trainer.model, batch, lambda row, lp: 1.0)
+    assert got == pytest.approx(want, rel=1e-4)
+    assert got < plain  # the weights are in [0, 1] and a random model is far from uniform over its top 20
+
+
+def test_dft_and_eaft_weights_stop_the_gradient_through_the_weight():
+    logits = torch.randn(5, 50, requires_grad=True)
+    targets = torch.tensor([1, 2, 3, 4, 5])
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0]
+    for loss in ("dft", "eaft"):
+        w = training.token_weights(loss, logits, logp)
+        assert not w.requires_grad and ((w >= 0) & (w <= 1)).all()
+    dft = training.token_weights("dft", logits, logp)
+    torch.testing.assert_close(dft, logp.exp().detach())
+    assert training.token_weights("nll", logits, logp) is None
+    with pytest.raises(ValueError, match="unknown training.loss"):
+        training.token_weights("focal", logits, logp)
+
+
+@pytest.mark.parametrize("loss", ["dft", "eaft"])
+def test_validation_loss_is_plain_nll_under_a_reweighted_training_loss(tiny, tmp_path, loss):
+    """Validation curves of different methods compare: evaluation ignores the training loss's token weights."""
+    _, tok = tiny
+    rows = _synthetic([4, 9], seed=5)
+    trainer = training.build_trainer("tiny-llama", rows, dataclasses.replace(BASE, loss=loss), tmp_path,
+                                     tokenizer=tok, device="cpu", progress=False)
+    trainer.model.eval()
+    batch = _batch(trainer, rows)
+    with torch.no_grad():
+        got = float(trainer.compute_loss(trainer.model, dict(batch)))
+    assert got == pytest.approx(_hand_weighted_loss(trainer.model, batch, lambda row, lp: 1.0), rel=1e-4)
+
+
+def test_sibling_methods_set_their_rule_and_loss_and_keep_old_cache_keys():
+    assert training.method_overrides("dft") == "masking.rule=none,training.loss=dft"
+    assert json.loads(training.method_overrides("eaft", '{"training.seed": 1}')) == {
+        "masking.rule": "none", "training.loss": "eaft", "training.seed": 1}
+    assert training.method_overrides("conflict") == "masking.rule=conflict"
+    keys = {loss: training.training_key(dataclasses.replace(BASE, loss=loss), "d", None, "m", 0, "cpu:float32")
+            for loss in ("nll", "dft", "eaft")}
+    assert len(set(keys.values())) == 3
+    # the loss settings joined the config later: at their defaults the key is the one computed before them
+    from stmkit.cache import content_key
+    old = {k: v for k, v in dataclasses.asdict(BASE).items() if k not in ("loss", "eaft_top_k", "eaft_alpha")}
+    assert keys["nll"] == content_key("adapter", training.TRAINING_VERSION, config=old, data="d", eval=None,
+                                      model="m", seed=0, precision="cpu:float32", world_size=1)

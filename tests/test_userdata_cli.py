@@ -60,7 +60,18 @@ def test_mask_command_writes_a_trl_dataset_and_stats(tmp_path, capsys, tiny):
     assert set(ds.column_names) >= {"input_ids", "labels"} and len(ds) == 3
     assert all(any(x != -100 for x in lab) for lab in ds["labels"])  # nothing TRL would silently drop
     tokens = [json.loads(x) for x in (tmp_path / "o" / "tokens.jsonl").read_text().splitlines()]
-    assert len(tokens) == 3 and {"token", "ppl", "masked"} <= set(tokens[0]["tokens"][0])
+    assert len(tokens) == 3 and {"token", "ppl", "masked", "entropy", "topk_entropy"} <= set(tokens[0]["tokens"][0])
+
+
+def test_mask_command_masks_confident_conflicts_by_entropy(tmp_path, capsys, tiny):
+    data = _write(tmp_path, ROWS)
+    assert main(["mask", "--model", "tiny-llama", "--data", str(data), "--rule", "conflict", "--tau", "1.5",
+                 "--conflict-entropy", "0.9", "--out", str(tmp_path / "o")]) == 0
+    assert "top-20 entropy / log 20 < 0.9" in capsys.readouterr().out
+    tokens = [t for row in (tmp_path / "o" / "tokens.jsonl").read_text().splitlines()
+              for t in json.loads(row)["tokens"]]
+    assert all(t["masked"] == (t["ppl"] > 1.5 and t["topk_entropy"] < 0.9) for t in tokens)
+    assert 0 < sum(t["masked"] for t in tokens) < sum(t["ppl"] > 1.5 for t in tokens)  # a real subset of STM's
 
 
 def test_mask_command_reports_bad_input_without_traceback(tmp_path, capsys):

@@ -133,3 +133,47 @@ def test_paper_numbers_come_from_the_papers_tables():
     assert paper["gt_forgets:accuracy"][0] == -34.71
     assert abs(paper["stm_less:accuracy"][0] - 34.55) < 0.01
     assert abs(paper["stm_keeps_target:target_accuracy"][0] - 5.43) < 0.01
+
+
+def _with_siblings(rises: dict[str, float], targets: dict[str, float]) -> VerdictInput:
+    """_planted plus sibling arms, each with its own non-target rise and target gold NLL change."""
+    data = _planted()
+    rng = np.random.default_rng(3)
+    tkeys = [f"mbpp:{i}" for i in range(100)]
+    tbase = dict(zip(tkeys, rng.normal(1.5, 0.3, 100), strict=True))
+    data.items[(BASE, "target_gold_nll")] = tbase
+    base = data.items[(BASE, "gold_nll")]
+    for arm, rise in rises.items():
+        data.arms.setdefault(arm, {s: f"{arm}-s{s}" for s in (0, 1, 2)})
+        for label in data.arms[arm].values():
+            if arm not in ("ground truth", "STM"):
+                data.items[(label, "gold_nll")] = {k: v + rise + rng.normal(0, 0.05) for k, v in base.items()}
+            data.items[(label, "target_gold_nll")] = {k: v + targets[arm] + rng.normal(0, 0.05)
+                                                      for k, v in tbase.items()}
+    return data
+
+
+def test_siblings_are_each_judged_against_ground_truth():
+    data = _with_siblings({"ground truth": 0.2, "STM": 0.05, "DFT": 0.02, "EAFT": 0.4},
+                          {"ground truth": -0.5, "STM": -0.1, "DFT": -0.5, "EAFT": -0.5})
+    rows = verdict.siblings(data)
+    assert [r.arm for r in rows if "gold-answer NLL, non" in r.measure] == ["STM", "DFT", "EAFT"]
+    assert _row(rows, "sibling_less", "DFT", "gold-answer NLL").verdict == "holds"
+    assert _row(rows, "sibling_less", "EAFT", "gold-answer NLL").verdict == "contradicted"
+    assert _row(rows, "sibling_target", "STM", "gold-answer NLL, target").verdict == "contradicted"
+    assert _row(rows, "sibling_target", "DFT", "gold-answer NLL, target").verdict == "inconclusive"
+    pts = verdict.per_seed_points(data, "EAFT", "gold_nll")
+    assert len(pts) == 3 and all(p["low"] < p["mean"] < p["high"] and abs(p["mean"] - 0.4) < 0.05 for p in pts)
+
+
+def test_siblings_section_appears_only_with_a_sibling_method(tmp_path):
+    from stmkit import report_verdict
+
+    assert report_verdict.siblings_section(_planted(), tmp_path / "t", tmp_path / "f") == ""
+    data = _with_siblings({"ground truth": 0.2, "STM": 0.05, "conflict masking": 0.1},
+                          {"ground truth": -0.5, "STM": -0.1, "conflict masking": -0.4})
+    md = report_verdict.siblings_section(data, tmp_path / "t", tmp_path / "f")
+    assert md.startswith("## Beyond the paper: STM and its siblings")
+    assert "**conflict masking**: forgets less than ground truth? gold-answer NLL holds" in md
+    assert (tmp_path / "t" / "siblings.csv").is_file() and (tmp_path / "f" / "siblings_forgetting_vs_gain.png").is_file()
+    assert "the paper's side" not in md
