@@ -376,7 +376,7 @@ def probability_entropy_plane(sources: Mapping[str, Sequence[Scored]], tau: floa
         h = np.concatenate([np.asarray(s.topk_entropy, dtype=float) for s in scored])
         ax.hist2d(p, h, bins=40, range=[[0, 1], [0, 1]], norm=LogNorm(), cmap="viridis")
         ax.axvline(1 / tau, color="#d62728", lw=1.2, label=f"STM: p = 1/{tau:g}")
-        ax.axhline(conflict_entropy, color="white", lw=1.2, ls="--", label=f"entropy gate {conflict_entropy:g}")
+        ax.axhline(conflict_entropy, color="black", lw=1.2, ls="--", label=f"entropy gate {conflict_entropy:g}")
         share = float(((p < 1 / tau) & (h < conflict_entropy)).mean()) if len(p) else 0.0
         ax.set_title(f"{label}: {len(p)} tokens, {100 * share:.1f}% confident conflicts", fontsize=9)
         ax.set_xlabel("probability of the label token")

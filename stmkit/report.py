@@ -1395,6 +1395,7 @@ def paper_map(root: Path, profile: str = "cpu-demo") -> str:
 
 
 VERDICT_START, VERDICT_END = "<!-- verdict:start -->", "<!-- verdict:end -->"
+SIBLINGS_START, SIBLINGS_END = "<!-- siblings:start -->", "<!-- siblings:end -->"
 
 
 def _between(text: str, start: str, end: str, body: str, where: Path) -> str:
@@ -1406,11 +1407,13 @@ def _between(text: str, start: str, end: str, body: str, where: Path) -> str:
 
 
 def update_readme(readme: Path, root: Path, profile: str = "cpu-demo") -> None:
-    """Rewrite the paper map, and the verdict table where README.md has its markers, from the recorded runs."""
+    """Rewrite the paper map, and the verdict and siblings tables where README.md has their markers, from the
+    recorded runs."""
     text = _between(readme.read_text(), MAP_START, MAP_END, paper_map(root, profile), readme)
-    verdict_md = Path(root) / "tables" / "verdict.md"
-    if VERDICT_START in text and verdict_md.is_file():
-        text = _between(text, VERDICT_START, VERDICT_END, verdict_md.read_text().strip(), readme)
+    for start, end, name in ((VERDICT_START, VERDICT_END, "verdict"), (SIBLINGS_START, SIBLINGS_END, "siblings")):
+        table_md = Path(root) / "tables" / f"{name}.md"
+        if start in text and table_md.is_file():
+            text = _between(text, start, end, table_md.read_text().strip(), readme)
     atomic_write_text(readme, text)
 
 

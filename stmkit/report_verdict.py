@@ -219,12 +219,12 @@ def siblings_section(data: verdict.VerdictInput, tables_dir: Path, figures_dir: 
              "model predicted with low entropy: EAFT's \"confident conflicts\"). Each row is the method minus ground "
              "truth, seed by seed, with a 95% interval over seeds and items and the smallest effect this design "
              "detects (MDE); none of these methods is in the paper, so there is no paper column.", ""]
-    seeds = {a: sorted(r) for a, r in data.arms.items() if a == "ground truth" or a in verdict.SIBLINGS}
+    seeds = {a: sorted(data.arms[a]) for a in ("ground truth", *verdict.SIBLINGS) if a in data.arms}
     lines += ["Seeds: " + ", ".join(f"{a} {s}" for a, s in seeds.items()) + ".", ""]
     lines += [_siblings_summary(rows), "", to_markdown(df), ""]
     if points:
-        fig = plots.siblings_plane(points, "forgetting: rise of non-target gold-answer NLL over the base (nats/token)",
-                                   "target gain: fall of MBPP gold-answer NLL below the base (nats/token)",
+        fig = plots.siblings_plane(points, "forgetting: rise of non-target gold-answer NLL\nover the base (nats/token)",
+                                   "target gain: fall of target gold-answer NLL\nbelow the base (nats/token)",
                                    "one point per method and training seed (bars: 95% over items)")
         files = plots.save_figure(fig, "siblings_forgetting_vs_gain", figures_dir)
         import matplotlib.pyplot as plt
@@ -233,7 +233,7 @@ def siblings_section(data: verdict.VerdictInput, tables_dir: Path, figures_dir: 
         lines += [f"![STM and its siblings]({files[0].parent.name}/{files[0].name})", "",
                   "Left is less forgetting, up is more target gain. Target gold-answer NLL favours methods that train "
                   "on every token of answers written like the references (ground truth, DFT, EAFT) by construction; "
-                  "MBPP pass@1 in the table is the task's own measure.", ""]
+                  "the target task's accuracy in the table is its own measure.", ""]
     if plane:
         lines += ["Where the methods differ: the training tokens on the probability × entropy plane (02_mask_tokens). "
                   "STM masks everything left of the red line; conflict masking only the part of it below the "
@@ -247,15 +247,19 @@ def siblings_section(data: verdict.VerdictInput, tables_dir: Path, figures_dir: 
     return "\n".join(lines)
 
 
+SHORT = {"gold_nll": "gold NLL", "accuracy": "accuracy", "kl": "KL drift", "target_gold_nll": "gold NLL",
+         "target_accuracy": "accuracy"}
+
+
 def _siblings_summary(rows: list[verdict.Row]) -> str:
     """Which methods mitigate forgetting here, and at what cost to the target: read off the computed rows."""
+    short = {verdict.MEASURES[k][0]: v for k, v in SHORT.items()}
     by_arm: dict[str, dict[str, list[str]]] = {}
     for r in rows:
         key = "less" if r.claim == verdict.CLAIMS["sibling_less"] else "target"
-        by_arm.setdefault(r.arm, {"less": [], "target": []})[key].append(f"{r.measure.split(',')[0]} {r.verdict}")
-    parts = []
-    for arm, v in by_arm.items():
-        parts.append(f"**{arm}**: forgets less than ground truth? " + "; ".join(v["less"])
-                     + ". Keeps the target gain? " + "; ".join(v["target"]) + ".")
-    return ("Computed from the rows below (holds = the interval excludes zero on the method's side; contradicted = "
-            "on the worse side; inconclusive = spans zero). " + " ".join(parts))
+        by_arm.setdefault(r.arm, {"less": [], "target": []})[key].append(f"{short.get(r.measure, r.measure)} "
+                                                                          f"{r.verdict}")
+    parts = [f"**{arm}**: forgets less — {', '.join(v['less'])}; keeps the target gain — {', '.join(v['target'])}."
+             for arm, v in by_arm.items()]
+    return ("Read off the rows below (holds: the interval excludes zero on the method's side; contradicted: on the "
+            "worse side; inconclusive: spans zero or one seed). " + " ".join(parts))

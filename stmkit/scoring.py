@@ -166,11 +166,12 @@ def _head(model: Any):
     return decoder, head, cap
 
 
-def token_entropies(logits: Any, top_k: int = ENTROPY_TOP_K) -> tuple[Any, Any]:
-    """(full entropy in nats, top-K entropy / log K) of each row of logits [n, vocab]: EAFT's gate is the second."""
+def token_entropies(logits: Any, top_k: int = ENTROPY_TOP_K, logp: Any = None) -> tuple[Any, Any]:
+    """(full entropy in nats, top-K entropy / log K) of each row of logits [n, vocab]: EAFT's gate is the second.
+    logp: the log-softmax of logits when the caller has it already."""
     import torch
 
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(logits, dim=-1) if logp is None else logp
     full = -(logp.exp() * logp).sum(-1)
     k = min(top_k, logits.shape[-1])
     top = torch.log_softmax(torch.topk(logits, k, dim=-1).values, dim=-1)
@@ -210,10 +211,10 @@ def response_logprobs(
     logits = head(hidden[sel_b, sel_t]).float()
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0].cpu().numpy()
-    columns = [lp]
+    logp = torch.log_softmax(logits, dim=-1)
+    columns = [logp.gather(-1, targets[:, None])[:, 0].cpu().numpy()]
     if entropies:
-        columns += [t.cpu().numpy() for t in token_entropies(logits)]
+        columns += [t.cpu().numpy() for t in token_entropies(logits, logp=logp)]
     out, start = [], 0
     for r in rows:
         parts = [c[start : start + r.n_response].astype(np.float64) for c in columns]

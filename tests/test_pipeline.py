@@ -171,6 +171,10 @@ def test_smoke_reproduce_then_rerun_executes_nothing(tmp_path):
     assert "## Verdict at this scale" in report and "could not be computed" not in report
     assert "ground truth [0, 1]" in report and "STM, end-of-turn trained [0]" in report
     assert (tmp_path / "tables" / "verdict.csv").is_file() and "**Where answers stop.**" in report
+    # STM's siblings train through 04_sft and get their own section, with the mask run's probability x entropy plane
+    assert "## Beyond the paper: STM and its siblings" in report and "Not computed" not in report
+    assert "**DFT**: forgets less" in report and "**EAFT**" in report and "**conflict masking**" in report
+    assert (tmp_path / "figures" / "probability_entropy_plane.png").is_file()
     before = _markers(tmp_path)
     again = _reproduce(tmp_path)
     assert again.returncode == 0 and "0 executed" in again.stdout

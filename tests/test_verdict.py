@@ -174,6 +174,6 @@ def test_siblings_section_appears_only_with_a_sibling_method(tmp_path):
                           {"ground truth": -0.5, "STM": -0.1, "conflict masking": -0.4})
     md = report_verdict.siblings_section(data, tmp_path / "t", tmp_path / "f")
     assert md.startswith("## Beyond the paper: STM and its siblings")
-    assert "**conflict masking**: forgets less than ground truth? gold-answer NLL holds" in md
+    assert "**conflict masking**: forgets less — gold NLL holds" in md
     assert (tmp_path / "t" / "siblings.csv").is_file() and (tmp_path / "f" / "siblings_forgetting_vs_gain.png").is_file()
     assert "the paper's side" not in md
