@@ -21,7 +21,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
 export PYDEVD_DISABLE_FILE_VALIDATION ?= 1
 
-.PHONY: help setup test lint format reproduce lab bench strip clean clean-results
+.PHONY: help setup test test-ui lint format reproduce lab bench strip clean clean-results
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,10 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements/lock.txt -e .
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(EMBEDDED)
 	$(BIN)/python -m ipykernel install --sys-prefix --name stmkit --display-name "stmkit (.venv)" >/dev/null
+	@# JupyterLab saves widget state with the notebook, so a reopened or shared notebook still renders the sliders
+	@mkdir -p $(VENV)/share/jupyter/lab/settings && \
+	  echo '{"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": true}, "@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}' \
+	  > $(VENV)/share/jupyter/lab/settings/overrides.json
 	@# notebooks/*.ipynb are committed without outputs: git's clean filter strips them (.gitattributes names it)
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
 	  git config filter.nbstripout.clean "$(abspath $(BIN))/nbstripout --keep-id" && \
@@ -45,6 +49,13 @@ $(STAMP): pyproject.toml requirements/lock.txt
 test: setup ## ruff, unit tests, notebook-output check, smoke pipeline
 	$(BIN)/ruff check stmkit tests benchmarks
 	$(BIN)/python -m pytest
+
+test-ui: setup ## the tour in a real browser (headless Chromium): run all, move the slider, reload; results/ui/
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  apt-get install -y -qq chromium chromium-driver >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements/lock.txt selenium
+	$(BIN)/python -m pytest -m ui tests/ui
 
 lint: setup ## ruff check
 	$(BIN)/ruff check stmkit tests benchmarks

@@ -78,13 +78,14 @@ def explorer(scored: Sequence[Scored], tokenizer: Any, tau: float = 2.5, index: 
     controls = [slider, picker]
     gate = None
     if all(len(s.topk_entropy) == len(s.logprobs) for s in scored):  # scored with entropies: conflict masking too
-        gate = w.SelectionSlider(options=[("off (STM)", None)] + [(f"{h:g}", h) for h in ENTROPY_STOPS],
-                                 value=None, description="entropy <", continuous_update=True)
+        # 0 stands for "no gate" (a slider value cannot be None): plain STM
+        gate = w.SelectionSlider(options=[("off (STM)", 0.0)] + [(f"{h:g}", h) for h in ENTROPY_STOPS],
+                                 value=0.0, description="entropy <", continuous_update=True)
         controls.append(gate)
     out = w.HTML()
 
     def update(*_: Any) -> None:
-        s, h = scored[picker.value], gate.value if gate is not None else None
+        s, h = scored[picker.value], (gate.value or None) if gate is not None else None
         out.value = summary_html(scored, picker.value, slider.value, h) + tokens_html(s, tokenizer, slider.value, h)
 
     for c in controls:

@@ -66,3 +66,21 @@ def test_the_entropy_gate_shows_conflict_masking_with_trainings_rule(monkeypatch
     # the second example: STM masks PPL 2.6 and 2000; only the first was predicted confidently
     assert tokens_html(gated[1], tok, 2.5).count("text-decoration:underline") == 2
     assert tokens_html(gated[1], tok, 2.5, 0.5).count("text-decoration:underline") == 1
+
+
+def test_the_live_explorer_builds_with_and_without_the_entropy_gate(monkeypatch, tiny):
+    _, tok = tiny
+    monkeypatch.delenv("STMKIT_BATCH", raising=False)
+    monkeypatch.setattr("IPython.display.display", lambda *a, **k: None)
+    plain = explorer.explorer(SCORED, tok, 2.5)
+    assert len(plain.children[0].children) == 2  # tau slider and example picker: no entropies, no gate
+    gated = [Scored(s.id, s.input_ids, s.response_start, s.logprobs, topk_entropy=[0.1] * len(s.logprobs),
+                    entropy=[0.5] * len(s.logprobs)) for s in SCORED]
+    view = explorer.explorer(gated, tok, 2.5)
+    slider, _, gate = view.children[0].children
+    html = view.children[1]
+    assert "STM masks tokens" in html.value
+    gate.value = 0.5
+    assert "predicted confidently" in html.value
+    slider.value = 1000.0
+    assert "1000" in html.value
