@@ -222,6 +222,19 @@ def siblings_section(data: verdict.VerdictInput, tables_dir: Path, figures_dir: 
     seeds = {a: sorted(data.arms[a]) for a in ("ground truth", *verdict.SIBLINGS) if a in data.arms}
     lines += ["Seeds: " + ", ".join(f"{a} {s}" for a, s in seeds.items()) + ".", ""]
     lines += [_siblings_summary(rows), "", to_markdown(df), ""]
+    eot = {a: v for a, v in (data.notes.get("eot_masked") or {}).items() if a in seeds}
+    if eot:
+        lines += ["Share of training answers whose end-of-turn token was masked (mean over seeds): "
+                  + ", ".join(f"{a} {100 * v:.0f}%" for a, v in eot.items())
+                  + ". A method that masks it trains little on where to stop (see \"Where answers stop\").", ""]
+    cut = {}
+    for arm in seeds:
+        pairs = [data.unfinished[label] for label in data.arms[arm].values() if label in data.unfinished]
+        if pairs:
+            cut[arm] = (sum(u for u, _ in pairs), sum(n for _, n in pairs))
+    if cut:
+        lines += ["Target answers that ran to `max_new_tokens` without ending their turn (all seeds): "
+                  + ", ".join(f"{a} {u}/{n}" for a, (u, n) in cut.items()) + ".", ""]
     if points:
         fig = plots.siblings_plane(points, "forgetting: rise of non-target gold-answer NLL\nover the base (nats/token)",
                                    "target gain: fall of target gold-answer NLL\nbelow the base (nats/token)",
