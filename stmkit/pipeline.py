@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import estimate
+from . import catalogue, estimate
 from .cache import atomic_write_json, canonical_json, content_key
 from .config import CONFIG_DIR, ConfigError, load_profile, load_yaml, profile_path, replace
 from .experiment import REPO_ROOT, results_root
@@ -125,7 +125,13 @@ def load_sweep(profile: str, path: Path | None = None) -> list[RunSpec]:
         for k, v in params.items():
             if not isinstance(v, str | int | float | bool):
                 raise ConfigError(f"{where} ({name}): parameter '{k}' must be a scalar (notebook parameters are)")
-        runs.append(RunSpec(name, nb, overrides, params, after, tuple(raw.get("for") or ())))
+        feeds = tuple(raw.get("for") or ())
+        unknown = [f for f in feeds if f not in catalogue.BY_ID and f not in catalogue.KIT_OUTPUTS
+                   and f != catalogue.FEEDS_ALL]
+        if unknown:
+            raise ConfigError(f"{where} ({name}): 'for' names '{unknown[0]}', which is not an output the kit knows "
+                              f"(paper outputs table01-table21, fig01-fig14; {', '.join(catalogue.KIT_OUTPUTS)}; all)")
+        runs.append(RunSpec(name, nb, overrides, params, after, feeds))
         seen.add(name)
     if not runs:
         raise ConfigError(f"{path.name}: no runs listed")

@@ -39,6 +39,7 @@ METHOD_COLORS = {
     "DFT": "#ff7f0e",
     "EAFT": "#2ca02c",
     "conflict masking": "#9467bd",
+    "Conflict masking": "#9467bd",
 }
 
 

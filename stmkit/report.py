@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 
 from .cache import atomic_write_text
-from .paper import PAPER_FIGURES, paper_table
+from .catalogue import BY_ID, NEEDS, ORDER, TITLES
+from .paper import paper_table
 from .tables import save_table, to_markdown
 
 
@@ -142,8 +143,8 @@ def _missing(ident: str, title: str, needs: str) -> Section:
     return Section(ident, title, "missing", f"Not produced by this profile: needs {needs}.")
 
 
-def _unavailable(ident: str, title: str, why: str) -> Section:
-    return Section(ident, title, "unavailable", f"Not available in this kit: {why}.")
+def _unavailable(ident: str) -> Section:
+    return Section(ident, TITLES[ident], "unavailable", f"Not available in this kit: {BY_ID[ident].unavailable}.")
 
 
 def _paper_md(n: int, columns: list[str] | None = None, query: str | None = None) -> str:
@@ -160,10 +161,10 @@ def _paper_md(n: int, columns: list[str] | None = None, query: str | None = None
 
 @generator("table01")
 def table01(ctx: Context) -> Section:
-    title = "Table 1. Sequence PPL of training data by source"
+    title = TITLES["table01"]
     runs = ctx.by_stage("score")
     if not runs:
-        return _missing("table01", title, "a 01_score_tokens run")
+        return _missing("table01", title, NEEDS["table01"])
     name, rec = next(iter(runs.items()))
     cols = ["training_data", "examples", "avg_ppl", "ppl_variance", "response_tokens", "share_tokens_ppl_gt_2.5"]
     df = pd.DataFrame(rec["results"]["table01"])[cols]
@@ -185,10 +186,10 @@ def table01(ctx: Context) -> Section:
 
 @generator("fig01")
 def fig01(ctx: Context) -> Section:
-    title = "Figure 1. A response with high-PPL tokens highlighted"
+    title = TITLES["fig01"]
     runs = ctx.by_stage("score")
     if not runs:
-        return _missing("fig01", title, "a 01_score_tokens run")
+        return _missing("fig01", title, NEEDS["fig01"])
     name, rec = next(iter(runs.items()))
     files = ctx.gather_figure(name, "fig01_ppl_tokens")
     body = (f"Kit: training response `{rec['results'].get('example_id')}` of the target task under "
@@ -199,10 +200,10 @@ def fig01(ctx: Context) -> Section:
 
 @generator("fig03")
 def fig03(ctx: Context) -> Section:
-    title = "Figure 3. Token PPL along one answer per data source"
+    title = TITLES["fig03"]
     runs = ctx.by_stage("score")
     if not runs:
-        return _missing("fig03", title, "a 01_score_tokens run")
+        return _missing("fig03", title, NEEDS["fig03"])
     name, rec = next(iter(runs.items()))
     files = ctx.gather_figure(name, "fig03_ppl_trace")
     n_sources = len(rec["results"].get("table01", []))
@@ -230,10 +231,10 @@ def _category_section(ctx: Context, ident: str, paper_model: str, registry_name:
     offline profiles have one real model: Figure 8 is its target-task data, and Figures 9-10 are the same analysis
     on other tasks' ground truth (02_mask_tokens `category_tasks`), labelled as substitutes.
     """
-    title = f"Figure {int(ident[3:])}. Token categories of all vs high-PPL tokens ({paper_model} in the paper)"
+    title = TITLES[ident]
     runs = ctx.by_stage("mask")
     if not runs:
-        return _missing(ident, title, "a 02_mask_tokens run")
+        return _missing(ident, title, NEEDS[ident])
     own = {n: r for n, r in runs.items() if model_of(r) == registry_name}
     if own:
         name, rec = sorted(own.items(), key=lambda kv: target_of(kv[1]) != "math")[0]
@@ -270,10 +271,10 @@ for _ident, _model, _reg, _sub in [("fig08", "Llama 3 8B", LLAMA, 0), ("fig09", 
 
 @generator("table17")
 def table17(ctx: Context) -> Section:
-    title = "Table 17. Data-preparation cost per method"
+    title = TITLES["table17"]
     gen = ctx.by_stage("generate")
     if not gen:
-        return _missing("table17", title, "a 03_generate_data run")
+        return _missing("table17", title, NEEDS["table17"])
     name, rec = next(iter(gen.items()))
     stats = rec["results"]["stats"]
     score = next(iter(ctx.by_stage("score").values()), None)
@@ -1167,69 +1168,14 @@ def fig02(ctx: Context) -> Section:
 
 @generator("table09")
 def table09(ctx: Context) -> Section:
-    return _unavailable("table09", "Table 9. IFEval after MBPP training",
-                        "IFEval's prompts and checker are not shipped by any package the kit installs offline")
+    return _unavailable("table09")
 
 
 @generator("table10")
 def table10(ctx: Context) -> Section:
-    return _unavailable("table10", "Table 10. AdvBench refusal after MBPP training",
-                        "AdvBench and a harmfulness judge are not available offline")
+    return _unavailable("table10")
 
 
-TITLES = {
-    "table02": "Table 2. TI, BWT and data cost: Baseline, Self-Output, Rephrase, STM",
-    "table03": "Table 3. Masking high/random/low-PPL tokens and the tau sweep (MBPP)",
-    "table04": "Table 4. Full fine-tuning, LoRA and DoRA, with and without STM",
-    "table05": "Table 5. Learning-rate sweep, Baseline vs STM",
-    "table06": "Table 6. Self-BLEU of MATH samples after MBPP training",
-    "table07": "Table 7. ||ΔW|| of the LoRA update per training-data source",
-    "table08": "Table 8. Regularisation baselines vs STM (||ΔW||, BWT, TI)",
-    "table11": "Table 11. OLMo 2 7B and Gemma 2 9B: Baseline vs STM",
-    "table12": "Table 12. Raw accuracies on every task",
-    "table13": "Table 13. MATH target: tau sweep",
-    "table14": "Table 14. MATH target: STM, DPF, STM+DPF (Llama 3 8B)",
-    "table15": "Table 15. Masking ablation and tau sweep (Llama 3 8B)",
-    "table16": "Table 16. LoRA and DoRA with and without STM (Llama 3 8B)",
-    "table17": "Table 17. Data-preparation cost per method",
-    "table18": "Table 18. MATH target: STM, DPF, STM+DPF (Gemma 2 2B)",
-    "table19": "Table 19. Continual learning: MATH then MBPP with STM",
-    "table20": "Table 20. Self-Output correctness ablation (Llama 3 8B)",
-    "table21": "Table 21. Self-Output correctness ablation (Gemma 2 2B)",
-    **{f"fig{n:02d}": f"Figure {n}. {t}" for n, t in PAPER_FIGURES.items()},
-}
-
-NEEDS = {
-    "table02": "fine-tuning runs (04_sft: ground truth, STM, Self-Output, Rephrase) evaluated by 05_evaluate",
-    "table03": "STM high/random/low and tau-sweep runs evaluated by 05_evaluate",
-    "table04": "full/LoRA/DoRA runs with and without STM, evaluated",
-    "table05": "a learning-rate sweep of ground truth and STM runs, evaluated",
-    "table06": "a 05_evaluate run with self_bleu_task set (Self-BLEU of answers sampled on a non-target task)",
-    "table07": "fine-tuning runs per training-data source (04_sft) with their ||ΔW||",
-    "table08": "a 06_regularization run (evaluated by 05_evaluate for BWT/TI)",
-    "table11": "the paper profile's OLMo 2 7B and Gemma 2 9B runs",
-    "table12": "evaluations (05_evaluate) of the base model and the fine-tuned runs",
-    "table13": "MATH-target tau-sweep runs (04_sft with data.target math at several masking.tau), evaluated",
-    "table14": "STM, DPF and STM+DPF runs (04_sft method dpf / stm+dpf with reference_run), evaluated",
-    "table15": "the paper profile's Llama 3 8B ablation runs",
-    "table16": "the paper profile's Llama 3 8B LoRA/DoRA runs",
-    "table17": "data-generation runs (03_generate_data) with their costs",
-    "table18": "MATH-target STM, DPF and STM+DPF runs of Gemma 2 2B (profile `paper`)",
-    "table19": "a continual chain: an STM run on MATH, then a 04_sft run with init_run set to it, both evaluated",
-    "table20": "Self-Output correctness-ablation runs (04_sft method self_output with correctness), evaluated",
-    "table21": "Self-Output correctness-ablation runs on Gemma 2 2B (paper profile)",
-    "fig02": "evaluated runs on at least two label sources (ground truth, Self-Output, Rephrase) with label_ppl",
-    "fig04": "ground truth, STM and Self-Output runs (accuracy panel: checkpoints evaluated by 05_evaluate)",
-    "fig05": "a tau sweep (STM at three or more tau values, or two plus ground truth) evaluated on every task",
-    "fig06": "a tau sweep on Gemma 2 2B (paper profile)",
-    "fig07": "convergence runs of Gemma 2 2B on MBPP (profile `paper`)",
-    "fig11": "the regularisation grid (06_regularization) evaluated by 05_evaluate (train_run includes it)",
-    "fig12": "the regularisation grid (06_regularization) evaluated on the non-target tasks",
-    "fig13": "LoRA runs per training-data source (ground truth, Self-Output, Rephrase) with weight analysis",
-    "fig14": "LoRA runs per training-data source with singular values of their updates",
-}
-
-ORDER = [f"table{n:02d}" for n in range(1, 22)] + [f"fig{n:02d}" for n in range(1, 15)]
 
 
 def build_sections(ctx: Context) -> list[Section]:
