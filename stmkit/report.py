@@ -1352,10 +1352,12 @@ def _between(text: str, start: str, end: str, body: str, where: Path) -> str:
     return head + start + "\n" + body + "\n" + end + tail
 
 
-def update_readme(readme: Path, root: Path, profile: str = "cpu-demo") -> None:
+def update_readme(readme: Path, root: Path, profile: str = "cpu-demo", paper_map_too: bool = True) -> None:
     """Rewrite the paper map, and the verdict and siblings tables where README.md has their markers, from the
-    recorded runs."""
-    text = _between(readme.read_text(), MAP_START, MAP_END, paper_map(root, profile), readme)
+    recorded runs. paper_map_too=False leaves the map (and its cold wall times) alone: after a warm or partial run."""
+    text = readme.read_text()
+    if paper_map_too:
+        text = _between(text, MAP_START, MAP_END, paper_map(root, profile), readme)
     for start, end, name in ((VERDICT_START, VERDICT_END, "verdict"), (SIBLINGS_START, SIBLINGS_END, "siblings")):
         table_md = Path(root) / "tables" / f"{name}.md"
         if start in text and table_md.is_file():
@@ -1364,9 +1366,18 @@ def update_readme(readme: Path, root: Path, profile: str = "cpu-demo") -> None:
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
     from .experiment import REPO_ROOT, results_root
 
-    update_readme(REPO_ROOT / "README.md", results_root(sys.argv[1] if len(sys.argv) > 1 else "cpu-demo"))
-    print("README.md map updated")
+    parser = argparse.ArgumentParser(prog="python -m stmkit.report",
+                                     description="Rebuild REPORT.md and update README.md from the recorded runs.")
+    parser.add_argument("profile", nargs="?", default="cpu-demo")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="update only README's verdict and siblings tables, not the paper map's wall times "
+                             "(after a warm or partial run, whose times are not the cold ones the map quotes)")
+    args = parser.parse_args()
+    root = results_root(args.profile)
+    build_report(root, args.profile)
+    update_readme(REPO_ROOT / "README.md", root, args.profile, paper_map_too=not args.tables_only)
+    print("REPORT.md rebuilt; README.md " + ("tables" if args.tables_only else "map and tables") + " updated")
