@@ -11,8 +11,9 @@ import time
 
 import torch
 
+from stmkit.lm import pad as _pad
 from stmkit.models import load_model
-from stmkit.scoring import _pad, length_sorted_batches, render_examples, score_rendered
+from stmkit.scoring import length_sorted_batches, render_examples, score_rendered
 from stmkit.tasks import load
 
 N_EXAMPLES = 48

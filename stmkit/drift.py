@@ -195,14 +195,13 @@ def _hidden_at(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: int):
     """Final hidden states at the positions that predict each row's response tokens, and those target tokens."""
     import torch
 
-    from .scoring import _head, _pad
+    from . import lm
 
     device = next(model.parameters()).device
-    ids, mask = _pad([r[0] for r in rows], pad_id, "right")
+    ids, mask = lm.pad([r[0] for r in rows], pad_id, "right")
     ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    decoder, head, cap = _head(model)
-    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    decoder, head, cap = lm.head_of(model)
+    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=lm.positions(mask)).last_hidden_state
     sel_b, sel_t = [], []
     for b, (row, start) in enumerate(rows):
         t = torch.arange(start, len(row), device=device)
@@ -215,10 +214,9 @@ def _hidden_at(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: int):
 def _log_softmax(hidden: Any, head: Any, cap: float | None) -> Any:
     import torch
 
-    logits = head(hidden).float()
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.log_softmax(logits, dim=-1)
+    from . import lm
+
+    return torch.log_softmax(lm.head_logits(head, cap, hidden), dim=-1)
 
 
 def _base_log_probs(

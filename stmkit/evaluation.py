@@ -421,10 +421,11 @@ def _loglik_shared(
     import torch
     from tqdm.auto import tqdm
 
-    from .scoring import _head, _pad, length_sorted_batches
+    from . import lm
+    from .scoring import length_sorted_batches
 
     device = next(model.parameters()).device
-    decoder, head, cap = _head(model)
+    decoder, head, cap = lm.head_of(model)
     # batch_size counts items (contexts); the token cap bounds the option pass, whose rows each carry a copy of
     # their context: (context + longest option) x number of options per item.
     lengths = [(len(c) + max(len(o) for o in os_)) * len(os_) for c, os_ in zip(ctx_ids, opt_ids, strict=True)]
@@ -436,16 +437,16 @@ def _loglik_shared(
         with torch.inference_mode():
             bar = tqdm(batches, desc="option log-likelihoods", unit="batch", disable=not progress, leave=False)
             for batch in bar:
-                ids, mask = _pad([ctx_ids[i] for i in batch], pad_id, "left")
+                ids, mask = lm.pad([ctx_ids[i] for i in batch], pad_id, "left")
                 ids, mask = ids.to(device), mask.to(device)
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                pos = lm.positions(mask)
                 first = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
                 rows = [(k, j) for k, i in enumerate(batch) for j in range(len(opt_ids[i]))]
                 owner = torch.tensor([k for k, _ in rows], device=device)
                 cache = first.cache  # transformers >= 5: "cache" (formerly past_key_values)
                 cache.batch_select_indices(owner)  # one copy of its item's context cache per option row
                 opts = [opt_ids[batch[k]][j] for k, j in rows]
-                oid, omask = _pad(opts, pad_id, "right")
+                oid, omask = lm.pad(opts, pad_id, "right")
                 oid, omask = oid.to(device), omask.to(device)
                 opos = pos[owner, -1:] + 1 + torch.arange(oid.shape[1], device=device)
                 second = decoder(input_ids=oid, attention_mask=torch.cat([mask[owner], omask], dim=1),
@@ -455,10 +456,7 @@ def _loglik_shared(
                 hidden = torch.cat([torch.cat([last[k : k + 1], second[r, : len(opts[r]) - 1]])
                                     for r, (k, _) in enumerate(rows)])
                 targets = torch.tensor([t for o in opts for t in o], device=device)
-                logits = head(hidden).float()
-                if cap:
-                    logits = torch.tanh(logits / cap) * cap
-                lp = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
+                lp = lm.chosen_logprobs(lm.head_logits(head, cap, hidden), targets)[0].double().cpu().numpy()
                 start = 0
                 sums: dict[int, list[float]] = {}
                 for (k, _), o in zip(rows, opts, strict=True):

@@ -136,7 +136,7 @@ def hf_generation_config(decoding: Decoding, stop_ids: Sequence[int], pad_id: in
 
 
 def _pad_left(rows: Sequence[Sequence[int]], pad_id: int):
-    from .scoring import _pad
+    from .lm import pad as _pad
 
     return _pad(rows, pad_id, side="left")
 

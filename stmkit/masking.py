@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from .lm import IGNORE
 from .numerics import require_finite
 from .scoring import Scored
 
-IGNORE = -100
 RULES = ("none", "threshold", "quantile", "random", "low", "dpf", "stm+dpf", "conflict")
 
 

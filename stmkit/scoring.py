@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import lm
 from .cache import Cache, CacheCorruptError, content_key, dumps_finite
 from .numerics import require_finite
 
@@ -142,43 +143,6 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: i
     return batches
 
 
-def _pad(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        if side == "right":
-            ids[b, : len(r)] = torch.tensor(r)
-            mask[b, : len(r)] = 1
-        else:
-            ids[b, width - len(r) :] = torch.tensor(r)
-            mask[b, width - len(r) :] = 1
-    return ids, mask
-
-
-def _head(model: Any):
-    """(decoder, lm_head, softcap) of a causal LM (PEFT-wrapped or not)."""
-    decoder = model.get_decoder()
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    return decoder, head, cap
-
-
-def token_entropies(logits: Any, top_k: int = ENTROPY_TOP_K, logp: Any = None) -> tuple[Any, Any]:
-    """(full entropy in nats, top-K entropy / log K) of each row of logits [n, vocab]: EAFT's gate is the second.
-    logp: the log-softmax of logits when the caller has it already."""
-    import torch
-
-    logp = torch.log_softmax(logits, dim=-1) if logp is None else logp
-    full = -(logp.exp() * logp).sum(-1)
-    k = min(top_k, logits.shape[-1])
-    top = torch.log_softmax(torch.topk(logits, k, dim=-1).values, dim=-1)
-    norm = -(top.exp() * top).sum(-1) / math.log(k) if k > 1 else torch.zeros_like(full)
-    return full, norm
-
-
 def response_logprobs(
     model: Any,
     rows: Sequence[Rendered],
@@ -192,12 +156,10 @@ def response_logprobs(
     import torch
 
     device = next(model.parameters()).device
-    ids, mask = _pad([r.input_ids for r in rows], pad_id, padding_side)
+    ids, mask = lm.pad([r.input_ids for r in rows], pad_id, padding_side)
     ids, mask = ids.to(device), mask.to(device)
-    # Explicit positions make left and right padding give the same scores.
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    decoder, head, cap = _head(model)
-    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    decoder, head, cap = lm.head_of(model)
+    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=lm.positions(mask)).last_hidden_state
     width = ids.shape[1]
     sel_b, sel_t, targets = [], [], []
     for b, r in enumerate(rows):
@@ -208,13 +170,11 @@ def response_logprobs(
         sel_t.append(t - 1)
         targets.append(ids[b, t])
     sel_b, sel_t, targets = torch.cat(sel_b), torch.cat(sel_t), torch.cat(targets)
-    logits = head(hidden[sel_b, sel_t]).float()
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    logp = torch.log_softmax(logits, dim=-1)
-    columns = [logp.gather(-1, targets[:, None])[:, 0].cpu().numpy()]
+    logits = lm.head_logits(head, cap, hidden[sel_b, sel_t])
+    chosen, logp = lm.chosen_logprobs(logits, targets)
+    columns = [chosen.cpu().numpy()]
     if entropies:
-        columns += [t.cpu().numpy() for t in token_entropies(logits, logp=logp)]
+        columns += [t.cpu().numpy() for t in lm.token_entropies(logits, ENTROPY_TOP_K, logp)]
     out, start = [], 0
     for r in rows:
         parts = [c[start : start + r.n_response].astype(np.float64) for c in columns]

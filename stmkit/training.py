@@ -56,12 +56,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import lm
 from .cache import Cache, atomic_write_json, content_key, verify_entry_of
 from .config import TrainingConfig
 from .numerics import require_finite
 
 TRAINING_VERSION = 1
-IGNORE = -100
+IGNORE = lm.IGNORE
 RESULT_FILE = "train_result.json"
 MODEL_INFO = "stmkit_model.json"
 METHODS = {  # notebook `method` -> (masking rule, training data source)
@@ -380,10 +381,8 @@ def token_weights(loss: str, logits: Any, token_logp: Any, top_k: int = 20, alph
     if loss == "eaft":
         import torch
 
-        from .scoring import token_entropies
-
         with torch.no_grad():
-            return token_entropies(logits.detach(), top_k)[1].pow(alpha)
+            return lm.token_entropies(logits.detach(), top_k)[1].pow(alpha)
     raise ValueError(f"unknown training.loss {loss!r} (nll, dft, eaft)")
 
 
@@ -421,16 +420,11 @@ def _trainer_class() -> type:
                 else self.token_loss != "nll"
             if not own:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            labels = inputs["labels"]
-            # position t predicts token t+1: keep the hidden states whose next label is trained
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = labels[:, 1:] != IGNORE
-            targets = labels[:, 1:][keep[:, :-1]]
+            keep, targets = lm.trained_positions(inputs["labels"])  # the hidden states whose next label is trained
             fwd = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
             # Through the wrapped model (DDP/FSDP/ZeRO hooks run), logits only at the kept positions.
             logits = model(**fwd, logits_to_keep=keep, use_cache=False).logits.float()
-            logp = torch.log_softmax(logits, -1)
-            token_logp = logp.gather(-1, targets[:, None])[:, 0]
+            token_logp, logp = lm.chosen_logprobs(logits, targets)
             weight = token_weights(self.token_loss if training else "nll", logits, token_logp,
                                    self.eaft_top_k, self.eaft_alpha)
             nll = -(token_logp if weight is None else token_logp * weight).sum()
@@ -868,18 +862,14 @@ def counts_trained(labels: Sequence[int]) -> int:
 
 def _trained_batches(ds: Any, batch_size: int, device: Any, desc: str = "", progress: bool = False) -> Any:
     """(input_ids, attention_mask, labels, keep) per batch; keep marks positions whose next token is trained."""
-    import torch
     from tqdm.auto import tqdm
-
-    from .scoring import _pad
 
     rows = list(zip(ds["input_ids"], ds["labels"], strict=True))
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = rows[start : start + batch_size]
-        ids, mask = _pad([r[0] for r in chunk], 0)
-        labels, _ = _pad([r[1] for r in chunk], IGNORE)
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = labels[:, 1:] != IGNORE
+        ids, mask = lm.pad([r[0] for r in chunk], 0)
+        labels, _ = lm.pad([r[1] for r in chunk], IGNORE)
+        keep, _ = lm.trained_positions(labels)
         yield ids.to(device), mask.to(device), labels.to(device), keep.to(device)
 
 
@@ -921,8 +911,8 @@ def loss_on(model: Any, data: Any, batch_size: int = 8) -> float:
     with torch.inference_mode():
         for ids, mask, labels, keep in _trained_batches(ds, batch_size, device):
             logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
-            tgt = labels[:, 1:][keep[:, :-1]]
-            total += float(-torch.log_softmax(logits, -1).gather(-1, tgt[:, None]).sum())
+            tgt = lm.trained_positions(labels)[1]
+            total += float(-lm.chosen_logprobs(logits, tgt)[0].sum())
             count += int(tgt.numel())
     return total / max(count, 1)
 
