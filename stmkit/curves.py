@@ -125,7 +125,8 @@ def checkpoint_accuracy(
     evaluation's cache key. Models are evaluated with evaluation.evaluate_model through evaluation.trained_model
     (config: an EvalConfig for max_new_tokens, batch size, bootstrap, ...), so each is cached by its fingerprint.
     """
-    from .evaluation import evaluate_model, trained_model
+    from .adapters import trained_model
+    from .evaluation import evaluate_model
 
     if isinstance(tasks, str):
         raise TypeError(f"tasks must be a list of task specs, not the string {tasks!r}; see resolve_task_specs")

@@ -121,7 +121,7 @@ def reference_responses(
 ) -> DriftReference:
     """The base model's greedy answers to n_per_task fixed prompts of each task (cached by model and prompts)."""
     from . import generation
-    from .evaluation import weights_fingerprint
+    from .adapters import weights_fingerprint
     from .scoring import data_fingerprint, tokenizer_fingerprint
     from .tasks.prompts import PROMPT_VERSION
 

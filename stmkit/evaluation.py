@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .cache import atomic_write_text, canonical_json, content_key, dumps_finite, sha256_file, verify_entry_of
+from .adapters import (  # noqa: F401  (evaluation's public names since before adapters.py)
+    adapter_fingerprint,
+    combined_fingerprint,
+    load_adapter,
+    trained_model,
+    weights_fingerprint,
+)
+from .cache import atomic_write_text, content_key, dumps_finite
 from .numerics import require_finite
 
 # --- metrics ---
@@ -306,63 +312,6 @@ class TaskResult:
             "wall_s": round(self.wall_s, 3),
             "cached": self.cached,
         }
-
-
-def weights_fingerprint(model: Any) -> str:
-    """Hash of every parameter's bytes (and a PEFT model's adapter config): identifies the weights evaluated.
-
-    About a second per 500 MB on CPU; for big models pass a fingerprint you already have (e.g. models.fingerprint
-    of the base folder combined with adapter_fingerprint).
-    """
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-            # Raw bytes as uint8 (bf16 has no numpy dtype); hashed through the buffer protocol, without a copy.
-            h.update(p.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().data)
-    peft_config = getattr(model, "peft_config", None)
-    if peft_config:
-        h.update(canonical_json({k: v.to_dict() for k, v in peft_config.items()}).encode())
-    return h.hexdigest()[:16]
-
-
-def adapter_fingerprint(adapter_dir: str | Path) -> str:
-    """Hash of an adapter folder's files (adapter_config.json, adapter weights)."""
-    import hashlib
-
-    folder = Path(adapter_dir)
-    if not (folder / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"{folder} has no adapter_config.json; pass the folder a PEFT model's save_pretrained wrote"
-        )
-    h = hashlib.sha256()
-    for p in sorted(q for q in folder.iterdir() if q.is_file() and not q.name.startswith(".")):
-        h.update(p.name.encode())
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()[:16]
-
-
-def combined_fingerprint(base: str, adapter_dir: str | Path | None = None) -> str:
-    """Fingerprint of a base model plus (optionally) an adapter on top of it."""
-    if adapter_dir is None:
-        return base
-    return content_key("model+adapter", 1, base=base, adapter=adapter_fingerprint(adapter_dir))
-
-
-def load_adapter(base_model: Any, adapter_dir: str | Path) -> Any:
-    """A PEFT model: the adapter in adapter_dir on top of base_model, in place (unload() restores the base)."""
-    from peft import PeftModel
-
-    adapter_fingerprint(adapter_dir)  # a clear error for a folder without adapter_config.json
-    verify_entry_of(adapter_dir)  # a cached adapter is checked against its manifest before its first use
-    with warnings.catch_warnings():  # PEFT reads a property transformers deprecates; not ours to fix
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = PeftModel.from_pretrained(base_model, str(adapter_dir))
-    return model.eval()
 
 
 def loglik_choices(
@@ -749,75 +698,6 @@ def accuracy_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], with_
                           else s["accuracy"])
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
-
-
-def _merged_copy(base_model: Any, adapter_dirs: Sequence[str | Path]) -> Any:
-    """A copy of base_model with each adapter merged into it in turn (base_model itself unchanged)."""
-    import copy
-
-    model = copy.deepcopy(base_model)
-    for adapter_dir in adapter_dirs:
-        model = load_adapter(model, adapter_dir).merge_and_unload()
-    return model.eval()
-
-
-@contextlib.contextmanager
-def trained_model(
-    base_model: Any, run_results: Mapping[str, Any], base_fingerprint: str, merge: bool | None = None
-) -> Iterator[tuple[Any, str, Any]]:
-    """(model, fingerprint, base for drift) of a training run, from its run.json results; base_model unchanged.
-
-    results["adapter_dir"] (PEFT adapter, LoRA/DoRA): with merge (the default on CPU), the adapter is merged into
-    a copy of base_model (an unmerged LoRA adds ~40% to every forward pass on CPU; the copy costs the model's size
-    in memory once more) and drift compares the copy with base_model. Without merge, the adapter goes on top of
-    base_model in place and is removed again on exit; drift then uses the same model with the adapter disabled
-    (base for drift: None). The fingerprint is the same either way (base + adapter), so cached results are shared.
-    results["init_adapter_dir"] as well (continual fine-tuning, 04_sft's init_run): the earlier stage's adapter is
-    merged first, then this run's, into a copy (merge is the default on every device; merge=False is refused);
-    the fingerprint is (base + init adapter) + adapter, and drift compares with the original base_model.
-    results["model_dir"] (full fine-tuning, a save_pretrained folder, the earlier stage included): loaded as a
-    second model on base_model's device and dtype; drift compares it with base_model.
-    """
-    if run_results.get("adapter_dir"):
-        adapter_dir = Path(run_results["adapter_dir"])
-        init_dir = run_results.get("init_adapter_dir")
-        start_fp = combined_fingerprint(base_fingerprint, init_dir) if init_dir else base_fingerprint
-        fp = combined_fingerprint(start_fp, adapter_dir)
-        if merge is None:
-            merge = bool(init_dir) or next(base_model.parameters()).device.type == "cpu"
-        if init_dir and not merge:
-            raise ValueError(
-                f"the run continues from the adapter {init_dir} (init_adapter_dir): two adapters are evaluated "
-                "merged into a copy of the base; pass merge=True (or None)"
-            )
-        if merge:
-            merged = _merged_copy(base_model, [init_dir, adapter_dir] if init_dir else [adapter_dir])
-            try:
-                yield merged, fp, base_model
-            finally:
-                del merged
-            return
-        model = load_adapter(base_model, adapter_dir)
-        try:
-            yield model, fp, None
-        finally:
-            model.unload()  # removes the LoRA layers from base_model without merging them
-        return
-    if run_results.get("model_dir"):
-        from transformers import AutoModelForCausalLM
-
-        from .models import fingerprint
-
-        param = next(base_model.parameters())
-        verify_entry_of(run_results["model_dir"])
-        model = AutoModelForCausalLM.from_pretrained(str(run_results["model_dir"]), dtype=param.dtype)
-        model.to(param.device).eval()
-        yield model, fingerprint(str(run_results["model_dir"])), base_model
-        return
-    raise KeyError(
-        f"the training run's results have neither 'adapter_dir' nor 'model_dir' (keys: {sorted(run_results)}); "
-        "run the training notebook to completion for that run first"
-    )
 
 
 def expand_trained_runs(records: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

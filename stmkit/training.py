@@ -33,7 +33,7 @@ ablation and Rephrase data) goes through the one entry point `train`: methods di
   (`reference_run`, normally the ground-truth run), scored with that adapter merged into the base.
 - Continual fine-tuning (paper Table 19): `train(init_adapter=...)` merges an earlier run's adapter into the freshly
   loaded base and trains a new adapter on top; the folder records the starting adapter (`stmkit_model.json`) and
-  `load_trained` / `evaluation.trained_model` merge it again before the new one. STM at such a stage scores the
+  `load_trained` / `adapters.trained_model` merge it again before the new one. STM at such a stage scores the
   data under the model after the previous stage (merged), with its own fingerprint.
 
 Multi-GPU: `accelerate launch --config_file configs/accelerate/<ddp|fsdp|deepspeed_zero3>.yaml -m stmkit.training
@@ -57,6 +57,15 @@ from pathlib import Path
 from typing import Any
 
 from . import lm
+from .adapters import (  # noqa: F401  (training's public names since before adapters.py)
+    MODEL_INFO,
+    base_model_of,
+    base_reference,
+    init_adapter_of,
+    lm_eval_model_args,
+    load_trained,
+    write_model_info,
+)
 from .cache import Cache, atomic_write_json, content_key, verify_entry_of
 from .config import TrainingConfig
 from .numerics import require_finite
@@ -64,7 +73,6 @@ from .numerics import require_finite
 TRAINING_VERSION = 1
 IGNORE = lm.IGNORE
 RESULT_FILE = "train_result.json"
-MODEL_INFO = "stmkit_model.json"
 METHODS = {  # notebook `method` -> (masking rule, training data source)
     "gt": ("none", "ground_truth"),
     "stm": ("threshold", "ground_truth"),
@@ -240,120 +248,6 @@ class TrainResult:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Model references
-
-
-def base_reference(name_or_path: str) -> str:
-    """What adapters record as their base model: hub id for hub models, registry name for local ones, else as given."""
-    from .models import REGISTRY
-
-    spec = REGISTRY.get(name_or_path)
-    if spec is not None and spec.kind == "hub":
-        return spec.hf_id or name_or_path
-    return str(name_or_path)
-
-
-def _resolve_base(ref: str, adapter_dir: Path) -> str:
-    """A registry name, hub id or path (relative to the cwd, else to the adapter folder) -> loadable reference."""
-    from .models import REGISTRY
-
-    if ref in REGISTRY or Path(ref).expanduser().exists():
-        return ref
-    beside = (Path(adapter_dir) / ref).resolve()
-    return str(beside) if beside.exists() else ref
-
-
-def load_trained(adapter_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
-    """(model, tokenizer) of a trained adapter or full model folder, its base resolved through stmkit.models."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .models import load_model, pick_device, pick_dtype
-
-    adapter_dir = Path(adapter_dir)
-    if not adapter_dir.is_dir():
-        raise FileNotFoundError(f"{adapter_dir} is not a folder; pass TrainResult.adapter_dir (or a checkpoint folder)")
-    verify_entry_of(adapter_dir)  # in the cache: checked against its manifest before its first use
-    cfg_path = adapter_dir / "adapter_config.json"
-    if cfg_path.is_file():
-        from peft import PeftModel
-
-        ref = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
-        if not ref:
-            raise ValueError(f"{cfg_path} has no base_model_name_or_path; set it to the base model's name or path")
-        base, tok = load_model(_resolve_base(ref, adapter_dir), device, dtype)
-        init = init_adapter_of(adapter_dir)
-        if init is not None:  # continual fine-tuning: the adapter was trained on base + this one, merged
-            verify_entry_of(init)
-            base = PeftModel.from_pretrained(base, init).merge_and_unload()
-        model = PeftModel.from_pretrained(base, adapter_dir)
-    elif (adapter_dir / "config.json").is_file():
-        dev = pick_device(device)
-        model = AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=pick_dtype(dtype, dev)).to(dev)
-        tok = AutoTokenizer.from_pretrained(adapter_dir)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-    else:
-        raise FileNotFoundError(f"{adapter_dir} has neither adapter_config.json (PEFT) nor config.json (full model)")
-    model.eval()
-    return model, tok
-
-
-def base_model_of(adapter_dir: str | os.PathLike) -> str:
-    """The base model reference a trained folder records (stmkit_model.json, else adapter_config.json)."""
-    adapter_dir = Path(adapter_dir)
-    info = adapter_dir / MODEL_INFO
-    if info.is_file():
-        return json.loads(info.read_text())["base_model"]
-    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-
-
-def init_adapter_of(adapter_dir: str | os.PathLike) -> Path | None:
-    """The adapter a continual fine-tuning run started from (merged into the base before training), else None."""
-    info = Path(adapter_dir) / MODEL_INFO
-    if not info.is_file():
-        return None
-    init = json.loads(info.read_text()).get("init_adapter")
-    if not init:
-        return None
-    if not (Path(init) / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"{adapter_dir} was trained on top of the adapter {init}, which is gone; restore it (rerun the earlier "
-            "04_sft run) to load this one"
-        )
-    return Path(init)
-
-
-def lm_eval_model_args(adapter_dir: str | os.PathLike) -> str:
-    """`--model_args` for lm-evaluation-harness's `hf` model: the resolved base folder plus `peft=` the adapter."""
-    from .models import resolve
-
-    adapter_dir = Path(adapter_dir).resolve()
-    if (adapter_dir / "adapter_config.json").is_file() and init_adapter_of(adapter_dir) is not None:
-        raise ValueError(
-            f"{adapter_dir} continues from the adapter {init_adapter_of(adapter_dir)}: lm-evaluation-harness takes "
-            "one adapter; merge both first (load_trained(dir)[0].merge_and_unload().save_pretrained(out)) and pass "
-            "pretrained=out"
-        )
-    base = resolve(_resolve_base(base_model_of(adapter_dir), adapter_dir))
-    if (adapter_dir / "adapter_config.json").is_file():
-        return f"pretrained={base},peft={adapter_dir}"
-    return f"pretrained={adapter_dir}"
-
-
-def _write_model_info(folder: Path, base_ref: str, finetune: str, model_fp: str,
-                      init: tuple[str, str] | None = None) -> None:
-    """Point the saved folder's base reference at something portable and record what it was trained from.
-
-    init: (folder, fingerprint) of the adapter merged into the base before training (continual fine-tuning).
-    """
-    cfg_path = folder / "adapter_config.json"
-    if cfg_path.is_file():
-        cfg = json.loads(cfg_path.read_text())
-        cfg["base_model_name_or_path"] = base_ref
-        atomic_write_json(cfg_path, cfg)
-    info = {"base_model": base_ref, "finetune": finetune, "model_fingerprint": model_fp}
-    if init is not None:
-        info |= {"init_adapter": init[0], "init_adapter_fingerprint": init[1]}
-    atomic_write_json(folder / MODEL_INFO, info)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -602,7 +496,7 @@ def train(
     """
     import torch
 
-    from .evaluation import adapter_fingerprint
+    from .adapters import adapter_fingerprint
     from .models import fingerprint, pick_device
 
     seed = cfg.seed if seed is None else seed
@@ -791,8 +685,8 @@ def _train_into(
     for c in ckpt.saved + [{"dir": "adapter"}]:
         (folder / c["dir"] / "training_args.bin").unlink(missing_ok=True)  # a pickle; nothing loads it
     for c in ckpt.saved:
-        _write_model_info(folder / c["dir"], base_ref, cfg.finetune, model_fp, init)
-    _write_model_info(folder / "adapter", base_ref, cfg.finetune, model_fp, init)
+        write_model_info(folder / c["dir"], base_ref, cfg.finetune, model_fp, init)
+    write_model_info(folder / "adapter", base_ref, cfg.finetune, model_fp, init)
     shutil.rmtree(folder / "_trainer", ignore_errors=True)
 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
@@ -1009,7 +903,7 @@ def prepare_sft_data(
     `init_adapter=sft.init_adapter_dir`. correctness in [0, 1] (self_output): the 03_generate_data ablation set
     with that share of correct answers.
     """
-    from . import evaluation, masking
+    from . import adapters, masking
 
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}' (methods: {', '.join(METHODS)})")
@@ -1068,7 +962,7 @@ def prepare_sft_data(
         scored = run.score(examples, score_label)
         info["scoring_model"] = "base"
     else:
-        with evaluation.trained_model(run.model, init_res, run.model_fingerprint, merge=True) as (model, fp, _):
+        with adapters.trained_model(run.model, init_res, run.model_fingerprint, merge=True) as (model, fp, _):
             scored = score_under(run, model, fp, examples, f"{score_label}_after_{init_run}")
         info["scoring_model"] = f"base + {init_run}"
         info["scoring_fingerprint"] = fp
@@ -1083,7 +977,7 @@ def prepare_sft_data(
                 f"starts from {init_run or 'the base'}: DPF compares two models of the same stage; name a reference "
                 "run with the same init_run"
             )
-        with evaluation.trained_model(run.model, ref, run.model_fingerprint, merge=True) as (model, fp, _):
+        with adapters.trained_model(run.model, ref, run.model_fingerprint, merge=True) as (model, fp, _):
             adapter_scored = score_under(run, model, fp, examples, f"{score_label}_under_{reference_run}")
         info["reference_fingerprint"] = fp
     data = masking.mask_dataset(scored, m.rule, m.tau, m.quantile, m.seed, m.fully_masked, adapter_scored,

@@ -233,7 +233,7 @@ def summarize(source: Any, base: Any = None, projections: Sequence[str] = ("q_pr
 
 def summarize_trained(adapter_dir: str | Path, projections: Sequence[str] = ("q_proj", "o_proj")) -> dict[str, Any]:
     """summarize() for a folder written by stmkit.training: LoRA from its files, DoRA and full by loading models."""
-    from .training import MODEL_INFO, load_trained
+    from .adapters import MODEL_INFO, load_trained
 
     adapter_dir = Path(adapter_dir)
     cfg_path = adapter_dir / "adapter_config.json"
