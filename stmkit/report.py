@@ -1279,9 +1279,11 @@ def _verdict_markdown(ctx: Context, model: str) -> str:
         mask_runs = ctx.by_stage("mask")
         mask_run = next(iter(sorted(mask_runs)), None)
         plane = ctx.gather_figure(mask_run, "probability_entropy_plane") if mask_run else []
+        cats = ctx.gather_figure(mask_run, "categories_confident_conflicts") if mask_run else []
         quadrants = mask_runs[mask_run].get("results", {}).get("entropy_quadrants") if mask_run else None
         siblings = report_verdict.siblings_section(data, ctx.tables_dir, ctx.figures_dir,
-                                                   plane[0] if plane else None, quadrants)
+                                                   plane[0] if plane else None, quadrants,
+                                                   cats[0] if cats else None)
     except Exception as exc:
         siblings = f"## Beyond the paper: STM and its siblings\n\nNot computed: `{type(exc).__name__}: {exc}`."
     return text + ("\n\n" + siblings if siblings else "")

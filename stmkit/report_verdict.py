@@ -189,7 +189,7 @@ def section(data: verdict.VerdictInput, tables_dir: Path, model: str) -> str:
 
 
 def siblings_section(data: verdict.VerdictInput, tables_dir: Path, figures_dir: Path, plane: str | None = None,
-                     quadrants: list[dict[str, Any]] | None = None) -> str:
+                     quadrants: list[dict[str, Any]] | None = None, conflict_categories: str | None = None) -> str:
     """ "Beyond the paper: STM and its siblings" (empty when no sibling method ran): one table, one figure, and the
     mask run's probability x entropy plane (a figure path relative to the report) with its quadrant shares."""
     if not any(a in data.arms for a in SIBLING_ONLY):
@@ -257,6 +257,9 @@ def siblings_section(data: verdict.VerdictInput, tables_dir: Path, figures_dir: 
                                f"{100 * q['stm_masked']:.1f}% below STM's threshold ({q['tokens']} tokens)"
                                for q in quadrants)
             lines += [f"Shares of response tokens: {shares}.", ""]
+    if conflict_categories:
+        lines += ["Which kinds of token the confident conflicts are (as Figures 8-10 show for high-PPL tokens):", "",
+                  f"![token categories of confident conflicts]({conflict_categories})", ""]
     return "\n".join(lines)
 
 

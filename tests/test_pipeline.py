@@ -175,6 +175,7 @@ def test_smoke_reproduce_then_rerun_executes_nothing(tmp_path):
     assert "## Beyond the paper: STM and its siblings" in report and "Not computed" not in report
     assert "**DFT**: forgets less" in report and "**EAFT**" in report and "**conflict masking**" in report
     assert (tmp_path / "figures" / "probability_entropy_plane.png").is_file()
+    assert (tmp_path / "figures" / "categories_confident_conflicts.png").is_file()
     before = _markers(tmp_path)
     again = _reproduce(tmp_path)
     assert again.returncode == 0 and "0 executed" in again.stdout
