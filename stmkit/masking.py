@@ -166,6 +166,14 @@ def compute_masks(
     return out
 
 
+def stm_or_conflict_masks(scored: Sequence[Scored], tau: float, conflict_entropy: float | None = None
+                          ) -> list[np.ndarray]:
+    """STM's masks at tau, or with an entropy gate the `conflict` rule's (what the explorer and Figure 1 show)."""
+    if conflict_entropy is None:
+        return compute_masks(scored, "threshold", tau)
+    return compute_masks(scored, "conflict", tau, conflict_entropy=conflict_entropy)
+
+
 def confident(s: Scored, below: float) -> np.ndarray:
     """Response tokens whose normalised top-K predictive entropy is below `below` (the model was sure)."""
     if not 0.0 < below <= 1.0:

@@ -34,18 +34,17 @@ METHOD_COLORS = {
     "STM+DPF": "#e377c2",
     "KL": "#393b79",
     "Weight decay": "#637939",
-    "ground truth": "#d62728",
     "STM, end-of-turn trained": "#6baed6",
     "DFT": "#ff7f0e",
     "EAFT": "#2ca02c",
-    "conflict masking": "#9467bd",
     "Conflict masking": "#9467bd",
 }
+_COLOR_BY_LOWER = {k.lower(): v for k, v in METHOD_COLORS.items()}  # the verdict's arms are lower-case labels
 
 
 def color(method: str) -> str:
     """The fixed colour of a method (grey for unknown ones)."""
-    return METHOD_COLORS.get(method, "#555555")
+    return METHOD_COLORS.get(method) or _COLOR_BY_LOWER.get(method.lower(), "#555555")
 
 
 def use_style() -> None:
@@ -83,10 +82,9 @@ def tokens_html(scored: Scored, tokenizer: Any, tau: float = 2.5, conflict_entro
 
     conflict_entropy: underline only the confident conflicts (PPL > tau and top-20 entropy / log 20 below it), the
     `conflict` masking rule. Hovering a token shows its PPL and, when scored with them, its entropies."""
-    from .masking import compute_masks
+    from .masking import stm_or_conflict_masks
 
-    rule = "threshold" if conflict_entropy is None else "conflict"
-    mask = compute_masks([scored], rule, tau, conflict_entropy=conflict_entropy or 0.5)[0]
+    mask = stm_or_conflict_masks([scored], tau, conflict_entropy)[0]
     what = (f"masks tokens with p &lt; {1 / tau:.2f}" if conflict_entropy is None else
             f"masks tokens with p &lt; {1 / tau:.2f} and top-20 entropy / log 20 &lt; {conflict_entropy:g}")
     parts = [
@@ -367,9 +365,11 @@ def probability_entropy_plane(sources: Mapping[str, Sequence[Scored]], tau: floa
     """Each source's response tokens on the probability x entropy plane (2-D density, log colour), with STM's
     threshold (p = 1/tau) and the entropy gate of conflict masking drawn; the lower-left box holds the confident
     conflicts. EAFT's weight is the y axis itself (top-20 entropy / log 20)."""
-    import numpy as np
     from matplotlib.colors import LogNorm
 
+    from .analysis import entropy_quadrants
+
+    quadrants = entropy_quadrants(sources, tau, conflict_entropy).set_index("source")  # checks the entropies exist
     use_style()
     fig, axes = plt.subplots(1, len(sources), figsize=(4.6 * len(sources), 4.0), sharey=True, squeeze=False)
     for ax, (label, scored) in zip(axes[0], sources.items(), strict=True):
@@ -378,8 +378,9 @@ def probability_entropy_plane(sources: Mapping[str, Sequence[Scored]], tau: floa
         ax.hist2d(p, h, bins=40, range=[[0, 1], [0, 1]], norm=LogNorm(), cmap="viridis")
         ax.axvline(1 / tau, color="#d62728", lw=1.2, label=f"STM: p = 1/{tau:g}")
         ax.axhline(conflict_entropy, color="black", lw=1.2, ls="--", label=f"entropy gate {conflict_entropy:g}")
-        share = float(((p < 1 / tau) & (h < conflict_entropy)).mean()) if len(p) else 0.0
-        ax.set_title(f"{label}: {len(p)} tokens, {100 * share:.1f}% confident conflicts", fontsize=9)
+        q = quadrants.loc[label]
+        ax.set_title(f"{label}: {q['tokens']} tokens, {100 * q['confident_conflict']:.1f}% confident conflicts",
+                     fontsize=9)
         ax.set_xlabel("probability of the label token")
     axes[0][0].set_ylabel("top-20 entropy / log 20 (EAFT's weight)")
     axes[0][0].legend(fontsize=7, loc="upper right", framealpha=0.8)

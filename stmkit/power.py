@@ -155,7 +155,7 @@ def crossed_interval(d: np.ndarray | list, level: float = LEVEL) -> Estimate:
     return Estimate(grand, grand - half, grand + half, se, df, minimum_detectable_effect(se, df, level), s, i)
 
 
-def judge(est: Estimate, expected_sign: int, paper_effect: float | None = None) -> Verdict:
+def judge(est: Estimate, expected_sign: int, paper_effect: float | None = None, claimant: str = "the paper") -> Verdict:
     """holds / contradicted / inconclusive for a claim whose effect the paper says has `expected_sign` (+1 or -1).
 
     holds: the interval lies wholly on the paper's side of zero; contradicted: wholly on the other side;
@@ -168,9 +168,9 @@ def judge(est: Estimate, expected_sign: int, paper_effect: float | None = None) 
         return Verdict("inconclusive", "one seed: seed-to-seed variation is unmeasured, so no claim is supported")
     low, high = sorted((est.low * expected_sign, est.high * expected_sign))
     if low > 0:
-        return Verdict("holds", f"the {LEVEL:.0%} interval excludes zero on the paper's side")
+        return Verdict("holds", f"the {LEVEL:.0%} interval excludes zero on {claimant}'s side")
     if high < 0:
-        return Verdict("contradicted", f"the {LEVEL:.0%} interval excludes zero on the other side from the paper")
+        return Verdict("contradicted", f"the {LEVEL:.0%} interval excludes zero on the other side from {claimant}")
     if paper_effect is None:
         return Verdict("inconclusive", f"the interval spans zero; this design detects effects of {est.mde:.3g} or more")
     size = f"the paper's effect ({abs(paper_effect):.3g}, at 2B-8B)"

@@ -8,7 +8,6 @@ gold-answer NLL), ||ΔW|| from the training records, sequence PPL per problem fr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -196,9 +195,7 @@ def siblings_section(data: verdict.VerdictInput, tables_dir: Path, figures_dir: 
         return ""
     from . import plots
 
-    rows = [dataclasses.replace(r, reason=r.reason.replace("on the paper's side", "on the method's side")
-                                .replace("on the other side from the paper", "on the other side (worse)"))
-            for r in verdict.siblings(data)]
+    rows = verdict.siblings(data)
     df = verdict.table(rows).drop(columns=["paper"]).rename(columns={"claim": "question"})
     save_table(df, "siblings", tables_dir, "STM and its siblings against ground truth (same seeds, order, steps).")
     points = {}
@@ -278,4 +275,4 @@ def _siblings_summary(rows: list[verdict.Row]) -> str:
     parts = [f"**{arm}**: forgets less — {', '.join(v['less'])}; keeps the target gain — {', '.join(v['target'])}."
              for arm, v in by_arm.items()]
     return ("Read off the rows below (holds: the interval excludes zero on the method's side; contradicted: on the "
-            "worse side; inconclusive: spans zero or one seed). " + " ".join(parts))
+            "other side, worse than ground truth; inconclusive: spans zero or one seed). " + " ".join(parts))

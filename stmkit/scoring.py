@@ -149,10 +149,9 @@ def response_logprobs(
     pad_id: int,
     padding_side: str = "right",
     entropies: bool = False,
-) -> list[Any]:
-    """Log-probabilities of each row's response tokens in one forward pass (the LM head only at those positions).
-
-    entropies: return (log-probs, full entropy, top-K entropy / log K) per row, from the same logits."""
+) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """(log-probs, full entropy, top-K entropy / log K) of each row's response tokens in one forward pass (the LM
+    head only at those positions); the entropies, from the same logits, only with `entropies` (else None)."""
     import torch
 
     device = next(model.parameters()).device
@@ -178,7 +177,7 @@ def response_logprobs(
     out, start = [], 0
     for r in rows:
         parts = [c[start : start + r.n_response].astype(np.float64) for c in columns]
-        out.append(tuple(parts) if entropies else parts[0])
+        out.append((parts + [None, None])[:3])
         start += r.n_response
     return out
 
@@ -211,7 +210,6 @@ def score_rendered(
         for batch in tqdm(batches, desc="scoring", unit="batch", disable=not progress, leave=False):
             rows = response_logprobs(model, [rendered[i] for i in batch], pad_id, padding_side, entropies)
             for i, row in sorted(zip(batch, rows, strict=True), key=lambda pair: pair[0]):
-                row = row if entropies else (row, None, None)
                 # NaN > tau is False: a NaN would pass as a confident token that is never masked
                 require_finite(row[0], f"example {rendered[i].id!r} (index {i}) log-probs", unit="response token")
                 if entropies:

@@ -140,7 +140,7 @@ def _relative(d: np.ndarray, keys: list[str], base: Mapping[str, float]) -> tupl
 
 
 def _row(claim: str, arm: str, measure: str, matrix: tuple[np.ndarray | None, str], sign: int, data: VerdictInput,
-         seeds_matter: bool = True) -> Row:
+         seeds_matter: bool = True, claimant: str = "the paper") -> Row:
     d, why = matrix
     effect, text = data.paper.get(f"{claim}:{measure}", (None, None))
     if text is None:  # the paper's number in other units than this measure: context, not a target
@@ -150,7 +150,7 @@ def _row(claim: str, arm: str, measure: str, matrix: tuple[np.ndarray | None, st
     if d is None:
         return Row(CLAIMS[claim], arm, label, None, None, None, None, 0, 0, text, "not measured", why)
     est = power.crossed_interval(d)
-    verdict = power.judge(est if seeds_matter else _as_if_seeded(est), sign, effect)
+    verdict = power.judge(est if seeds_matter else _as_if_seeded(est), sign, effect, claimant)
     return Row(CLAIMS[claim], arm, label, est.mean, est.low, est.high, est.mde, est.n_seeds, est.n_items, text,
                verdict.word, verdict.reason)
 
@@ -230,7 +230,8 @@ def siblings(data: VerdictInput) -> list[Row]:
         runs = data.arms[arm]
         for claim, measures in (("sibling_less", FORGETTING), ("sibling_target", TARGET)):
             for m in measures:
-                rows.append(_row(claim, arm, m, _matrix(data, m, runs, gt.get), -MEASURES[m][1], data))
+                rows.append(_row(claim, arm, m, _matrix(data, m, runs, gt.get), -MEASURES[m][1], data,
+                                 claimant="the method"))
     return rows
 
 

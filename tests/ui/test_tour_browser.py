@@ -7,6 +7,7 @@ view and the saved widget state survive. Screenshots go to results/ui/.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -128,14 +129,20 @@ def _live_summary(driver) -> tuple[str, float, int]:
     return m.group(1), float(m.group(2)), int(m.group(3))
 
 
-def _expected_share(tau: float) -> tuple[float, int]:
-    """The share the library masks at tau on the tour's data (the same calls the tour makes; scores from cache)."""
+@functools.cache
+def _tour_scores() -> list:
+    """The tour's 8 problems scored through the same library calls the tour makes (from the cache it filled)."""
     import stmkit.experiment as ex
-    from stmkit.explorer import masked_counts
 
     run = ex.start("tour", "cpu-demo", "", "ui-check", str(SHOTS.parent / "ui-check"), "ui-check")
-    scored = run.score(run.target_examples("train", 8), "tour")
-    masked, total = masked_counts(scored, tau)
+    return run.score(run.target_examples("train", 8), "tour")
+
+
+def _expected_share(tau: float) -> tuple[float, int]:
+    """The share the library masks at tau on the tour's data."""
+    from stmkit.explorer import masked_counts
+
+    masked, total = masked_counts(_tour_scores(), tau)
     return round(100 * masked / total, 1), total
 
 
@@ -177,7 +184,6 @@ def test_the_tour_runs_its_slider_moves_and_a_reload_keeps_the_tokens(lab, brows
     # Save (widget state included: make setup sets saveState), reload: the static view and the widgets come back.
     browser.execute_script("return window.jupyterapp.commands.execute('docmanager:save');")
     saved = lab["work"] / "nb" / "00_tour.ipynb"
-    _wait(browser, "return true;", 3, "the save")
     deadline = time.time() + 30
     while "application/vnd.jupyter.widget-state+json" not in saved.read_text() and time.time() < deadline:
         time.sleep(1)
