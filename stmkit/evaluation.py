@@ -564,8 +564,8 @@ def load_task_items(
     from .tasks.bird import load_items as load_bird
 
     name, _ = parse_task_spec(task_spec)
-    if name == "bird" and source != "hf":
-        return load_bird(split, n_items, bird_dir or None)
+    if name == "bird":  # the dev folder when given (every source), else by source (see tasks.bird.load_items)
+        return load_bird(split, n_items, bird_dir or None, source=source)
     return load(name, split, n_items, source)
 
 

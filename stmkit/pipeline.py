@@ -89,9 +89,14 @@ def load_sweep(profile: str, path: Path | None = None) -> list[RunSpec]:
         raise ConfigError(f"profile '{profile}' has no sweep file {path}; add one listing its runs "
                           f"(sweeps: {with_sweeps})")
     data = load_yaml(path)
-    unknown = set(data) - {"runs", "description", "profile"}
+    unknown = set(data) - {"runs", "description", "profile", "derive"}
     if unknown:
-        raise ConfigError(f"{path.name}: unknown key '{sorted(unknown)[0]}' (valid keys: description, profile, runs)")
+        raise ConfigError(f"{path.name}: unknown key '{sorted(unknown)[0]}' "
+                          "(valid keys: description, profile, runs, derive)")
+    if "derive" in data:
+        if "runs" in data:
+            raise ConfigError(f"{path.name}: a derived sweep lists no runs of its own (remove 'runs' or 'derive')")
+        data = {**data, "runs": derive_runs(path.name, data["derive"])}
     if data.get("profile", profile) != profile:
         raise ConfigError(f"{path.name} is a sweep of profile '{data['profile']}', not '{profile}': "
                           f"run it with PROFILE={data['profile']}")
@@ -136,6 +141,51 @@ def load_sweep(profile: str, path: Path | None = None) -> list[RunSpec]:
     if not runs:
         raise ConfigError(f"{path.name}: no runs listed")
     return runs
+
+
+def derive_runs(where: str, spec: Any) -> list[dict[str, Any]]:
+    """The runs of another sweep, one to one and in order, with each model replaced (`models`: every model the
+    source sweep names must be mapped), chosen runs kept (`runs`: names; omitted = all, each run's `after`
+    and the runs they need included), and notebook parameters replaced where a run has them (`params`)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("from"), str):
+        raise ConfigError(f"{where}: 'derive' needs 'from: <sweep name>' (and optionally models, runs, params)")
+    bad = set(spec) - {"from", "models", "runs", "params"}
+    if bad:
+        raise ConfigError(f"{where}: 'derive' has unknown key '{sorted(bad)[0]}' (valid: from, models, runs, params)")
+    source = SWEEPS_DIR / f"{spec['from']}.yaml"
+    if not source.is_file():
+        raise ConfigError(f"{where}: derives from '{spec['from']}', but there is no sweep {source}")
+    source_runs = load_yaml(source).get("runs") or []
+    models, params = dict(spec.get("models") or {}), dict(spec.get("params") or {})
+    out = []
+    for raw in source_runs:
+        raw = dict(raw)
+        overrides = dict(raw.get("overrides") or {})
+        model = overrides.get("model.name")
+        if model is not None:
+            if model not in models:
+                raise ConfigError(f"{where}: run '{raw.get('name')}' of {source.name} uses model '{model}', which "
+                                  f"'derive: models' does not map; add '{model}: <replacement>'")
+            overrides["model.name"] = models[model]
+        raw["overrides"] = overrides
+        raw["params"] = {k: params.get(k, v) for k, v in (raw.get("params") or {}).items()}
+        out.append(raw)
+    chosen = spec.get("runs")
+    if chosen is None:
+        return out
+    by_name = {r["name"]: r for r in out}
+    missing = [n for n in chosen if n not in by_name]
+    if missing:
+        raise ConfigError(f"{where}: 'derive: runs' names '{missing[0]}', which is not a run of {source.name}")
+    keep, stack = set(chosen), list(chosen)
+    while stack:  # a kept run keeps the runs it needs: its `after` and the runs its parameters name
+        run = by_name[stack.pop()]
+        named = [part.strip() for v in run["params"].values() if isinstance(v, str) for part in v.split(",")]
+        for dep in [*(run.get("after") or ()), *(n for n in named if n in by_name)]:
+            if dep not in keep:
+                keep.add(dep)
+                stack.append(dep)
+    return [r for r in out if r["name"] in keep]
 
 
 def select(runs: list[RunSpec], only: str | None) -> list[RunSpec]:

@@ -670,10 +670,31 @@ def ensure_standin(seed: int = 0, n_items: int = STANDIN_ITEMS, *, prompt_style:
     return load_standin(root, prompt_style=prompt_style)
 
 
+def ensure_dev_fixture(seed: int = 0, n_items: int = STANDIN_ITEMS) -> Path:
+    """The stand-in laid out as BIRD dev is (dev.json, dev_databases/<db>/<db>.sqlite), built once in the cache:
+    data.source 'hub-fixture' reads it through load_bird_dev, the path the paper profile takes with real BIRD."""
+    import shutil
+
+    from ..cache import atomic_dir, cache_root, verify_dir
+
+    ensure_standin(seed, n_items)
+    standin = cache_root() / "bird_standin" / f"v{STANDIN_VERSION}-seed{seed}-n{n_items}"
+    root = cache_root() / "bird_dev_fixture" / f"v{STANDIN_VERSION}-seed{seed}-n{n_items}"
+    if not root.is_dir():
+        with atomic_dir(root, meta={"standin_version": STANDIN_VERSION, "seed": seed, "n_items": n_items}) as tmp:
+            shutil.copytree(standin / "standin_databases", tmp / "dev_databases")
+            shutil.copyfile(standin / "standin.json", tmp / "dev.json")
+    verify_dir(root)
+    return root
+
+
 def load_items(
-    split: str = "test", n: int = 0, bird_dir: str | Path | None = None, *, prompt_style: str = "kit"
+    split: str = "test", n: int = 0, bird_dir: str | Path | None = None, *, prompt_style: str = "kit",
+    source: str = "embedded",
 ) -> list[Example]:
-    """BIRD items: the dev set in bird_dir (or $STMKIT_BIRD_DIR) if given, else the offline stand-in.
+    """BIRD items: the dev set in bird_dir (or $STMKIT_BIRD_DIR) if given, else by data source: the offline
+    stand-in ('embedded'), the stand-in in BIRD's dev layout ('hub-fixture'), or an error ('hf': BIRD is not on
+    the hub, the paper profile needs the dev folder).
 
     Only the "test" split exists (the paper evaluates on BIRD dev). With n > 0 on the real dev set, the n items
     are a deterministic spread over its databases (ordered by split_rank), not the first n, which would all
@@ -682,6 +703,13 @@ def load_items(
     if split != "test":
         raise ValueError(f"task bird has only a 'test' split (BIRD dev or the stand-in), not {split!r}")
     folder = bird_dir or os.environ.get(BIRD_DIR_ENV) or None
+    if folder is None and source == "hf":
+        raise ValueError(
+            f"BIRD is not on the Hugging Face hub; download the dev set from {BIRD_URL} and set "
+            f"${BIRD_DIR_ENV} (or eval.bird_dir) to its folder, or use data.source 'embedded' for the stand-in"
+        )
+    if folder is None and source == "hub-fixture":
+        folder = ensure_dev_fixture()
     if folder is None:
         items = ensure_standin(prompt_style=prompt_style)
         if n > len(items):
@@ -697,12 +725,7 @@ def load_items(
 
 
 def _load(split: str, n: int, source: str) -> list[Example]:
-    if source == "hf":
-        raise ValueError(
-            f"BIRD is not on the Hugging Face hub; download the dev set from {BIRD_URL} and set "
-            f"${BIRD_DIR_ENV} (or eval.bird_dir) to its folder, or use source 'embedded' for the stand-in"
-        )
-    return load_items(split, n)
+    return load_items(split, n, source=source)
 
 
 TASK = register(

@@ -95,8 +95,8 @@ def load(task_name: str, split: str = "test", n: int = 0, source: str = "embedde
         raise ValueError(f"n must be >= 0, got {n}")
     if task.loader is not None:
         return task.loader(split, n, source)
-    if source == "hf":
-        items = load_hub(task, split)
+    if source in ("hf", "hub-fixture"):
+        items = load_hub(task, split, fixture=source == "hub-fixture")
     elif source == "embedded":
         by_id = _embedded_by_id(task.name)
         ids = committed_splits(task.name).get(split)
@@ -104,7 +104,7 @@ def load(task_name: str, split: str = "test", n: int = 0, source: str = "embedde
             raise ValueError(f"task {task.name} has no {split} split in the embedded data")
         items = [by_id[i] for i in ids]
     else:
-        raise ValueError(f"unknown data source '{source}' (use 'embedded' or 'hf')")
+        raise ValueError(f"unknown data source '{source}' (use 'embedded', 'hf' or 'hub-fixture')")
     if n and n > len(items):
         raise ValueError(f"asked for {n} items of {task.name}/{split}, which has only {len(items)}")
     return items[:n] if n else items
@@ -135,16 +135,24 @@ def convert_rows(task: Task, rows: Iterable[dict[str, Any]], where: str) -> list
     return out
 
 
-def load_hub(task: Task, split: str) -> list[Example]:
-    """The paper's Hugging Face dataset for a task (needs the hub or a local HF_DATASETS cache)."""
+def load_hub(task: Task, split: str, fixture: bool = False) -> list[Example]:
+    """The paper's Hugging Face dataset for a task (needs the hub or a local HF_DATASETS cache); with fixture, its
+    hub-schema fixture files (stmkit.tasks.hub_fixtures), read the same way."""
     import datasets
+
+    from .hub_fixtures import load_fixture
 
     if task.hub is None:
         raise ValueError(f"task {task.name} has no Hugging Face dataset; use source 'embedded'")
     hub_id, config = task.hub
     hub_split = task.hub_splits.get(split, split)
+    where = f"{hub_id} ({config}){' hub-schema fixture' if fixture else ''}"
     try:
-        ds = datasets.load_dataset(hub_id, config, split=hub_split)
+        ds = load_fixture(hub_id, config, hub_split) if fixture else datasets.load_dataset(hub_id, config, split=hub_split)
+    except ValueError as exc:
+        if "split" not in str(exc).lower():
+            raise
+        raise ValueError(f"task {task.name}: {where} has no split '{hub_split}' ({exc})") from exc
     except Exception as exc:  # offline, gated or missing: say how to provide it
         raise RuntimeError(
             f"could not load {hub_id} ({config}) split {hub_split} ({type(exc).__name__}: {exc}). Offline? Download "
