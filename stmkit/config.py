@@ -25,6 +25,9 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     revision: str | None = None
+    # rehearsals: the paper model this stand-in takes the place of (a derived sweep sets it); the report files the
+    # run's results under that model, labelled as a stand-in's
+    stands_in_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,9 @@ class GenerationConfig:
     top_p: float = 0.95
     max_new_tokens: int = 256
     generator: str | None = None  # model that writes the labels (None = the base model)
+    # rehearsals only: keep Self-Output/Rephrase answers that fail their check (stand-ins never answer correctly,
+    # and an empty set would stop the runs downstream); the sets say "unverified"
+    keep_unverified: bool = False
 
     def validate(self, where: str) -> None:
         _check(self.n_samples >= 1, where, "n_samples", "must be >= 1")

@@ -134,8 +134,10 @@ def self_output(
     batch_size: int = 16,
     cache: Cache | None = None,
     timeout_s: float = 10.0,
+    keep_unverified: bool = False,
 ) -> GeneratedSet:
-    """Sample, check, keep the lowest-PPL correct answer per problem; drop problems with none.
+    """Sample, check, keep the lowest-PPL correct answer per problem; drop problems with none. keep_unverified
+    (rehearsals with stand-ins, which never answer correctly): the lowest-PPL answer whether correct or not.
 
     `generator` is (model, tokenizer, fingerprint) of the model that writes the answers; `scorer` maps a list of
     Examples to scored examples under the base model (stmkit.scoring.score_examples bound to the base).
@@ -153,19 +155,21 @@ def self_output(
         for i, c in enumerate(cs):
             candidates.append(Candidate(ex.id, i, c.text, len(c.token_ids), verdicts[k]))
             k += 1
-    chosen = pick_per_problem(examples, candidates, scorer, want_correct=True)
+    chosen = pick_per_problem(examples, candidates, scorer, want_correct=None if keep_unverified else True)
     return GeneratedSet("Self-Output", chosen, candidates, len(examples), wall,
                         sum(c.tokens for c in candidates),
-                        {"n_samples": n_samples, "temperature": temperature, "top_p": top_p})
+                        {"n_samples": n_samples, "temperature": temperature, "top_p": top_p,
+                         **({"unverified": True} if keep_unverified else {})})
 
 
 def pick_per_problem(
-    examples: Sequence[Example], candidates: Sequence[Candidate], scorer: Any, want_correct: bool
+    examples: Sequence[Example], candidates: Sequence[Candidate], scorer: Any, want_correct: bool | None
 ) -> list[Example]:
-    """Per problem, the candidate of the wanted correctness with the lowest sequence PPL under the base model."""
+    """Per problem, the candidate of the wanted correctness (None: any) with the lowest sequence PPL under the
+    base model."""
     by_id: dict[str, list[Candidate]] = {}
     for c in candidates:
-        if c.correct == want_correct and c.text.strip():
+        if (want_correct is None or c.correct == want_correct) and c.text.strip():
             by_id.setdefault(c.item_id, []).append(c)
     pool = [(ex, c.text) for ex in examples for c in by_id.get(ex.id, [])]
     ppl = _lowest_ppl(pool, scorer) if pool else []
@@ -188,8 +192,10 @@ def rephrase(
     batch_size: int = 16,
     cache: Cache | None = None,
     timeout_s: float = 10.0,
+    keep_unverified: bool = False,
 ) -> GeneratedSet:
-    """The model rewrites each ground truth given the instruction and the reference; rejected rewrites are dropped."""
+    """The model rewrites each ground truth given the instruction and the reference; rejected rewrites are dropped
+    (kept with keep_unverified: rehearsals with stand-ins)."""
     cache = cache or Cache()
     model, tok, fp = generator
     prompts = [REPHRASE_PROMPT.format(instruction=ex.prompt, reference_answer=ex.response) for ex in examples]
@@ -199,28 +205,34 @@ def rephrase(
     verdicts = check_answers(task, examples, texts, timeout_s)
     candidates = [Candidate(ex.id, 0, c[0].text, len(c[0].token_ids), ok)
                   for ex, c, ok in zip(examples, samples, verdicts, strict=True)]
-    kept = [replace(ex, response=t) for ex, t, ok in zip(examples, texts, verdicts, strict=True) if ok and t.strip()]
+    kept = [replace(ex, response=t) for ex, t, ok in zip(examples, texts, verdicts, strict=True)
+            if (ok or keep_unverified) and t.strip()]
     return GeneratedSet("Rephrase", kept, candidates, len(examples), wall, sum(c.tokens for c in candidates),
-                        {"temperature": temperature, "top_p": top_p, "prompt_version": PROMPT_VERSION})
+                        {"temperature": temperature, "top_p": top_p, "prompt_version": PROMPT_VERSION,
+                         **({"unverified": True} if keep_unverified else {})})
 
 
 def correctness_set(
-    examples: Sequence[Example], candidates: Sequence[Candidate], scorer: Any, correct_share: float, seed: int = 0
+    examples: Sequence[Example], candidates: Sequence[Candidate], scorer: Any, correct_share: float, seed: int = 0,
+    keep_unverified: bool = False,
 ) -> GeneratedSet:
     """Tables 20-21: for a correct_share of the problems (chosen by seeded hash) the lowest-PPL correct answer, for
-    the rest the lowest-PPL incorrect one; problems without an answer of the needed kind are dropped (counted)."""
+    the rest the lowest-PPL incorrect one; problems without an answer of the needed kind are dropped (counted).
+    keep_unverified (rehearsals): a problem wanting a correct answer takes the lowest-PPL answer of any kind."""
     if not 0.0 <= correct_share <= 1.0:
         raise ValueError(f"correct_share must be in [0, 1], got {correct_share}")
     ranked = sorted(examples, key=lambda e: hashlib.sha256(f"{seed}:{e.id}".encode()).hexdigest())
     n_correct = round(correct_share * len(ranked))
     want_correct = {e.id for e in ranked[:n_correct]}
-    good = {e.id: e for e in pick_per_problem([e for e in examples if e.id in want_correct], candidates, scorer, True)}
+    good = {e.id: e for e in pick_per_problem([e for e in examples if e.id in want_correct], candidates, scorer,
+                                              None if keep_unverified else True)}
     bad = {e.id: e for e in pick_per_problem([e for e in examples if e.id not in want_correct], candidates, scorer,
                                              False)}
     chosen = [good.get(e.id) or bad.get(e.id) for e in examples if e.id in good or e.id in bad]
     label = f"Self-Output {round(100 * correct_share)}% correct"
     return GeneratedSet(label, chosen, list(candidates), len(examples), 0.0, 0,
-                        {"correct_share_target": correct_share, "correct_kept": len(good), "incorrect_kept": len(bad)})
+                        {"correct_share_target": correct_share, "correct_kept": len(good), "incorrect_kept": len(bad),
+                         **({"unverified": True} if keep_unverified else {})})
 
 
 def save_examples(path: Any, examples: Sequence[Example]) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalogue, estimate
+from . import catalogue, estimate, gpu_costs
 from .cache import atomic_write_json, canonical_json, content_key
 from .config import CONFIG_DIR, ConfigError, load_profile, load_yaml, profile_path, replace
 from .experiment import REPO_ROOT, results_root
@@ -145,13 +145,14 @@ def load_sweep(profile: str, path: Path | None = None) -> list[RunSpec]:
 
 def derive_runs(where: str, spec: Any) -> list[dict[str, Any]]:
     """The runs of another sweep, one to one and in order, with each model replaced (`models`: every model the
-    source sweep names must be mapped), chosen runs kept (`runs`: names; omitted = all, each run's `after`
+    source sweep names must be mapped), `overrides` added to every run, chosen runs kept (`runs`: names; omitted = all, each run's `after`
     and the runs they need included), and notebook parameters replaced where a run has them (`params`)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("from"), str):
         raise ConfigError(f"{where}: 'derive' needs 'from: <sweep name>' (and optionally models, runs, params)")
-    bad = set(spec) - {"from", "models", "runs", "params"}
+    bad = set(spec) - {"from", "models", "runs", "params", "overrides"}
     if bad:
-        raise ConfigError(f"{where}: 'derive' has unknown key '{sorted(bad)[0]}' (valid: from, models, runs, params)")
+        raise ConfigError(f"{where}: 'derive' has unknown key '{sorted(bad)[0]}' "
+                          "(valid: from, models, runs, params, overrides)")
     source = SWEEPS_DIR / f"{spec['from']}.yaml"
     if not source.is_file():
         raise ConfigError(f"{where}: derives from '{spec['from']}', but there is no sweep {source}")
@@ -162,12 +163,13 @@ def derive_runs(where: str, spec: Any) -> list[dict[str, Any]]:
         raw = dict(raw)
         overrides = dict(raw.get("overrides") or {})
         model = overrides.get("model.name")
-        if model is not None:
+        if model is not None and models:
             if model not in models:
                 raise ConfigError(f"{where}: run '{raw.get('name')}' of {source.name} uses model '{model}', which "
                                   f"'derive: models' does not map; add '{model}: <replacement>'")
             overrides["model.name"] = models[model]
-        raw["overrides"] = overrides
+            overrides["model.stands_in_for"] = model
+        raw["overrides"] = {**overrides, **dict(spec.get("overrides") or {})}
         raw["params"] = {k: params.get(k, v) for k, v in (raw.get("params") or {}).items()}
         out.append(raw)
     chosen = spec.get("runs")
@@ -343,6 +345,17 @@ def read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+def gpu_table(profile: str, runs: list[RunSpec]) -> str | None:
+    """The GPU cost table of a sweep whose every model is one of the paper's (None otherwise)."""
+    base = load_profile(profile)
+    configs = [replace(base, r.overrides) for r in runs]
+    if not configs or any(c.model.name not in gpu_costs.ARCHS for c in configs):
+        return None
+    costs = gpu_costs.load_gpu_costs()
+    return gpu_costs.describe([gpu_costs.estimate_run(r, c, costs) for r, c in zip(runs, configs, strict=True)],
+                              costs) + "\n"
+
+
 def run_pipeline(
     profile: str, only: str | None = None, dry_run: bool = False, results_dir: str | None = None,
     sweep: str | None = None,
@@ -354,11 +367,13 @@ def run_pipeline(
     root = results_root(profile, results_dir)
     todo = [r for r in runs if not is_complete(root, r, keys[r.name])]
     print(f"stmkit reproduce: profile {profile}, {len(runs)} runs ({len(todo)} to execute), results in {root}")
-    gflops = estimate.calibrate(1.0) if todo else None  # a second of matmuls: scales the recorded costs
-    expected = {e.run: e for e in estimate.estimate_runs(profile, todo, gflops)}
-    if todo:
+    gpu = gpu_table(profile, todo) if dry_run and todo else None  # a GPU profile: GPU-hours, not CPU minutes
+    gflops = estimate.calibrate(1.0) if todo and not gpu else None  # a second of matmuls: scales recorded costs
+    expected = {e.run: e for e in estimate.estimate_runs(profile, todo, gflops)} if not gpu else {}
+    if todo and not gpu:
         print(f"  {estimate.describe(list(expected.values()), gflops)}")
     if dry_run:  # writes nothing, not even the results folder
+        print(gpu or "", end="")
         for r in runs:
             state = "to run" if r in todo else "up to date"
             guess = expected.get(r.name)

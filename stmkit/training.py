@@ -957,6 +957,12 @@ def prepare_sft_data(
             raise RuntimeError(f"method '{method}' trains on {source} data; run 03_generate_data for this profile "
                                f"first (run '{generate_run}')")
         examples, score_label = generated[source], source.lower().replace("-", "_")
+        if not examples:
+            raise ValueError(
+                f"method '{method}': the {source} set of run '{generate_run}' is empty: none of the model's answers "
+                "passed its check, so there is nothing to train on (more generation.n_samples or a stronger model; "
+                "rehearsals with stand-ins set generation.keep_unverified)"
+            )
     if init_res is None:
         scored = run.score(examples, score_label)
         info["scoring_model"] = "base"
@@ -1081,11 +1087,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from accelerate import PartialState
 
     from . import experiment, masking
+    from .models import pick_device
 
-    state = PartialState()
     run = experiment.start("sft", args.profile, method_overrides(args.method, args.overrides),
                            args.run_name or f"sft-{args.method}", args.results_dir)
     prof = run.profile
+    # Told it runs on CPU, accelerate's state joins the launched processes (gloo); untold, on a machine without a
+    # GPU every rank believes it is alone, and all of them build and write what only rank 0 should.
+    state = PartialState(cpu=pick_device(prof.model.device) == "cpu")
     with state.main_process_first():  # the main rank scores and caches; the others read the cache
         sft = prepare_sft_data(run, args.method, reference_run=args.reference_run, init_run=args.init_run)
         val = run.score(run.target_examples("validation"), "validation") if prof.data.n_val else None
