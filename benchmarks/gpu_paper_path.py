@@ -4,7 +4,8 @@
    three regimes the cost estimate (stmkit.gpu_costs) models: a scoring forward, a LoRA training step (r 16,
    all linear layers, AdamW) and sampled generation; with peak memory. These measured utilisations are what
    configs/costs/gpu.yaml records and the dry run's GPU-hours use.
-2. The kit's own paper path on CUDA in bf16 with two stand-ins (tiny-llama3, tiny-gemma2): score, mask, train
+2. (--kit-trainer) The kit's own trainer on a random Llama 3 8B: tokens/s and peak memory beside the raw step.
+3. The kit's own paper path on CUDA in bf16 with two stand-ins (tiny-llama3, tiny-gemma2): score, mask, train
    ground truth and STM through `python -m stmkit.training` (TRL on CUDA), then evaluate MBPP and ARC on the
    trained adapters (generation on CUDA, MBPP code in the sandbox).
 
@@ -154,6 +155,41 @@ def paper_path(out_dir: Path, device: str = "cuda") -> dict:
     return report
 
 
+def kit_trainer(arch: str = "llama-3-8b-instruct", device: str = "cuda", shape: dict | None = None) -> dict:
+    """The kit's own trainer (TRL SFTTrainer, stmkit's loss, LoRA r 16, bf16) on a random model of the paper's size,
+    on the rehearsal's MBPP fixture (24 examples, batch 8): tokens/s and peak memory beside the raw step above."""
+    import tempfile
+
+    import torch
+    import transformers
+
+    from stmkit import training
+    from stmkit.models import resolve
+
+    cls_name, kw = ARCHS[arch]
+    folder = Path(tempfile.mkdtemp(prefix="random-paper-model-"))
+    cfg = getattr(transformers, cls_name)(**{**kw, **(shape or {})})
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    model = None
+    standin = {"LlamaConfig": "tiny-llama3", "Gemma2Config": "tiny-gemma2"}[cls_name]
+    transformers.AutoTokenizer.from_pretrained(resolve(standin)).save_pretrained(folder)  # its ids fit any vocab
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    results = Path(tempfile.mkdtemp(prefix="kit-trainer-"))
+    overrides = json.dumps({"model.name": str(folder), "model.device": device, "data.target": "mbpp",
+                            "training.batch_size": 8, "training.grad_accum": 1, "training.epochs": 3})
+    t0 = time.perf_counter()
+    training.main(["--profile", "paper-rehearsal", "--overrides", overrides, "--method", "stm", "--run-name", "kit",
+                   "--results-dir", str(results)])
+    res = json.loads((results / "runs" / "kit" / "run.json").read_text())["results"]["training"]
+    keep = ("steps", "tokens_per_s", "trained_tokens_per_s", "s_per_step", "precision", "compact_lm_head", "examples")
+    return {"arch": arch, "wall_s": time.perf_counter() - t0, **{k: res.get(k) for k in keep},
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+
+
 def main(argv: list[str]) -> int:
     import torch
 
@@ -173,6 +209,13 @@ def main(argv: list[str]) -> int:
         print(arch, json.dumps(runs["archs"][arch], default=str), flush=True)
         (out / "gpu_throughput.json").write_text(json.dumps(runs, indent=1, default=str))
     (out / "gpu_info.json").write_text(json.dumps(info, indent=1))
+    if "--kit-trainer" in argv:
+        try:
+            kit = kit_trainer()
+        except Exception as exc:
+            kit = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+        print("kit trainer", json.dumps(kit, default=str), flush=True)
+        (out / "gpu_kit_trainer.json").write_text(json.dumps(kit, indent=1, default=str))
     if "--no-paper-path" not in argv:
         path = paper_path(out)
         (out / "gpu_paper_path.json").write_text(json.dumps(path, indent=1, default=str))

@@ -14,9 +14,10 @@ uncertain part: a batch runs until its longest sample stops, taken as 3x the gol
 max_new_tokens); the bound lets every batch run to max_new_tokens. Padding adds 25% to training tokens. Each run
 pays a fixed minute for kernel start and model loading.
 
-How far off it may be: the compute-bound stages within about 2x (the utilisation was measured with random weights
-at 8 x 1024 tokens; real batches are shorter and padded); generation within 3-5x either way (answer lengths are
-a guess; vLLM, which the kit supports, decodes 10x or more faster than HF generate).
+How far off it may be: scoring within about 2x (measured with random weights at 8 x 1024 tokens); training up to
+6x longer (the kit's own trainer ran at a sixth of the raw step's tokens/s on short padded batches, warm-up included:
+configs/costs/gpu.yaml), a small share of the total; generation within 3-5x either way (answer lengths are a guess;
+vLLM, which the kit supports, decodes many times faster than HF generate).
 """
 
 from __future__ import annotations
@@ -244,8 +245,8 @@ def describe(estimates: list[GpuEstimate], costs: dict[str, Any] | None = None) 
     disk = sum(x.disk_gb for x in estimates)
     lines.append(f"  total: {total:.1f} GPU-hours expected, {bound:.1f} if every generation runs to max_new_tokens; "
                  f"{disk:.1f} GB of adapters and checkpoints; peak {max(x.peak_gib for x in estimates):.0f} GiB")
-    lines.append("  expected = generation batches end at 3x the mean gold answer; compute-bound stages within ~2x, "
-                 "generation within 3-5x (see stmkit/gpu_costs.py)")
+    lines.append("  expected = generation batches end at 3x the mean gold answer; scoring within ~2x, training up to 6x "
+                 "longer, generation within 3-5x (see stmkit/gpu_costs.py)")
     return "\n".join(lines)
 
 

@@ -1100,6 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         val = run.score(run.target_examples("validation"), "validation") if prof.data.n_val else None
     res = sft.data
     val_ds = masking.mask_dataset(val, "none").to_dataset() if val else None
+    run.release_model()  # training loads its own copy
     result = train(prof.model.name, res, prof.training, tokenizer=run.tokenizer, eval_dataset=val_ds,
                    seed=prof.training.seed, device=prof.model.device, dtype=prof.model.dtype,
                    revision=prof.model.revision, init_adapter=sft.init_adapter_dir)

@@ -493,3 +493,16 @@ def test_sibling_methods_set_their_rule_and_loss_and_keep_old_cache_keys():
     old = {k: v for k, v in dataclasses.asdict(BASE).items() if k not in ("loss", "eaft_top_k", "eaft_alpha")}
     assert keys["nll"] == content_key("adapter", training.TRAINING_VERSION, config=old, data="d", eval=None,
                                       model="m", seed=0, precision="cpu:float32", world_size=1)
+
+
+def test_a_run_releases_its_scoring_model_before_training_and_keeps_the_tokenizer(tmp_path, monkeypatch):
+    import stmkit.experiment as ex
+
+    monkeypatch.setenv("STMKIT_RESULTS", str(tmp_path))
+    run = ex.start("sft", "smoke", "", "release", "", "")
+    assert run.model is not None
+    tok = run.tokenizer
+    run.release_model()
+    assert run.tokenizer is tok
+    with pytest.raises(RuntimeError, match="released its model"):
+        run.model
