@@ -505,4 +505,4 @@ def test_a_run_releases_its_scoring_model_before_training_and_keeps_the_tokenize
     run.release_model()
     assert run.tokenizer is tok
     with pytest.raises(RuntimeError, match="released its model"):
-        run.model
+        _ = run.model
