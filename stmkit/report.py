@@ -1144,11 +1144,15 @@ def fig02(ctx: Context) -> Section:
             "bwt": transfer[n].get("bwt"), "bwt_low": transfer[n].get("bwt_low"),
             "bwt_high": transfer[n].get("bwt_high"), "final_train_loss": i["final_train_loss"]}
            for n, i in sft.items() if i["method"] in ("gt", "self_output", "rephrase") and n in transfer
-           and i.get("label_ppl") is not None and transfer[n].get("bwt") is not None
+           and i.get("label_ppl") is not None
            and _main_setting(ctx, {**i, "record": {"results": {
                k: v for k, v in i["record"]["results"].items() if k != "correctness"}}})]
     if len({p["method"].split(" ")[0] for p in pts}) < 2:  # label sources, not one source's fine-tuning variants
         return _missing("fig02", title, NEEDS["fig02"])
+    pts = [p for p in pts if p["bwt"] is not None]
+    if len({p["method"].split(" ")[0] for p in pts}) < 2:
+        return _missing("fig02", title, "a defined BWT: it is a change relative to the base model's accuracy on the "
+                                        "non-target tasks, and the base model scored 0 on all of them (stand-ins do)")
     df = pd.DataFrame(pts)
     use_style()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))

@@ -41,7 +41,7 @@ def _estimates(sweep: str | None = None):
 
 def test_every_paper_run_is_costed_and_the_costs_follow_the_work():
     est = _estimates()
-    assert len(est) == 119 and all(e.hours > 0 and e.hours_bound >= e.hours for e in est.values())
+    assert len(est) == 121 and all(e.hours > 0 and e.hours_bound >= e.hours for e in est.values())
     # an 8B model costs more than a 2B one on the same run; a forward-only stage costs less than generating data
     assert est["llama8b-mbpp-generate"].hours > est["gemma2b-mbpp-generate"].hours > est["gemma2b-mbpp-score"].hours
     # full fine-tuning needs several GPUs; LoRA adapters are small, full checkpoints are not
