@@ -44,9 +44,9 @@ def test_every_paper_run_is_costed_and_the_costs_follow_the_work():
     assert len(est) == 121 and all(e.hours > 0 and e.hours_bound >= e.hours for e in est.values())
     # an 8B model costs more than a 2B one on the same run; a forward-only stage costs less than generating data
     assert est["llama8b-mbpp-generate"].hours > est["gemma2b-mbpp-generate"].hours > est["gemma2b-mbpp-score"].hours
-    # full fine-tuning needs several GPUs; LoRA adapters are small, full checkpoints are not
-    assert "ZeRO-3/FSDP" in est["llama8b-mbpp-full-gt"].note
-    assert est["llama8b-mbpp-full-gt"].disk_gb > 50 * est["llama8b-mbpp-sft-gt"].disk_gb
+    # full fine-tuning keeps fp32 weights, gradients and AdamW states; LoRA adapters are small, full checkpoints not
+    assert est["gemma2b-mbpp-full-gt"].peak_gib > 16 * 2.6
+    assert est["gemma2b-mbpp-full-gt"].disk_gb > 10 * est["gemma2b-mbpp-sft-gt"].disk_gb
     # the paper's batch of 8 x 1024 tokens does not fit an 80 GB card for Llama 3 8B without checkpointing
     assert "exceeds" in est["llama8b-mbpp-sft-gt"].note and "gradient_checkpointing" in est["llama8b-mbpp-sft-gt"].note
 
