@@ -196,8 +196,9 @@ def estimate_run(run: Any, cfg: Any, costs: dict[str, Any] | None = None) -> Gpu
         saves = 1 + (t.epochs / t.save_every_epochs if t.save_every_epochs else t.epochs)
         if t.finetune == "full":
             disk = saves * 2 * c.arch.params / 1e9 + 12 * c.arch.params / 1e9  # models + the last optimizer state
-            notes.append("full fine-tuning: fp32 weights, gradients and AdamW states need ZeRO-3/FSDP over several "
-                         "GPUs (configs/accelerate/)")
+            if 16 * c.arch.params / 2**30 > c.memory_gib:
+                notes.append("full fine-tuning: fp32 weights, gradients and AdamW states alone exceed one GPU; "
+                             "shard them with ZeRO-3/FSDP over several (configs/accelerate/)")
         else:
             lora = c.arch.lora_params(t.lora_r)
             disk = saves * 3 * 4 * lora / 1e9  # each checkpoint: fp32 adapter + AdamW's two moments
