@@ -89,8 +89,10 @@ class Context:
     def scale(self, record: dict[str, Any]) -> str:
         cfg = record.get("config", {})
         data = cfg.get("data", {})
+        trained = record.get("results", {}).get("training", {}).get("examples")  # what the run saw (n_train 0 = all)
+        n = trained if trained is not None else data.get("n_train") or "all"
         return (f"model {cfg.get('model', {}).get('name')}, target {data.get('target')}, "
-                f"{data.get('n_train')} training examples, seed {cfg.get('seed')}")
+                f"{n} training examples, seed {cfg.get('seed')}")
 
 
 def model_of(record: dict[str, Any]) -> str | None:

@@ -186,3 +186,13 @@ def test_missing_inputs_say_what_they_need(tmp_path):
     for ident, s in secs.items():
         assert s.status in ("missing", "unavailable"), ident
         assert s.body.startswith(("Not produced by this profile: needs", "Not available in this kit")), (ident, s.body)
+
+
+def test_the_scale_line_counts_the_examples_a_run_trained_on(tmp_path):
+    from stmkit.report import Context
+
+    ctx = Context(tmp_path, "paper", {})
+    hub = {"config": {"model": {"name": "gemma-2-2b-it"}, "data": {"target": "mbpp", "n_train": 0}, "seed": 42}}
+    assert "all training examples" in ctx.scale(hub)  # n_train 0 means the whole train split, not none
+    trained = {**hub, "results": {"training": {"examples": 374}}}
+    assert "374 training examples" in ctx.scale(trained)
