@@ -208,6 +208,10 @@ def start(
     seed_everything(prof.seed)
     interactive = not run_key and not results_dir  # the pipeline always passes both
     run = Run(prof, run_name or stage, stage, results_root(prof.name, results_dir), run_key, interactive=interactive)
+    # what the report holds ablation runs to: the profile's own setting, before this run's overrides
+    base = load_profile(profile) if overrides else prof
+    run.record.data["profile_setting"] = {"learning_rate": base.training.learning_rate,
+                                          "finetune": base.training.finetune}
     run.dir.mkdir(parents=True, exist_ok=True)
     stale = run.dir / "run.json"
     if stale.exists():  # the completion marker is rewritten only when this run finishes

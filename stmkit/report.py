@@ -420,8 +420,16 @@ def _plain(info: dict[str, Any], tau: float = 2.5) -> bool:
 
 
 @_per_context
-def _defaults(ctx: Context) -> tuple[float | None, str]:
-    """(learning rate, fine-tuning type) of the profile: the main setting that the ablation tables vary."""
+def main_setting(ctx: Context) -> tuple[float | None, str]:
+    """(learning rate, fine-tuning type) of the profile the runs were made with: the main setting that the ablation
+    tables vary. Read from the run records (`profile_setting`, the profile before each run's overrides), so editing
+    the YAML after the runs changes nothing; records older than that field fall back to the profile as it is now."""
+    recorded = {(s["learning_rate"], s["finetune"]) for r in ctx.runs.values() if (s := r.get("profile_setting"))}
+    if len(recorded) == 1:
+        return next(iter(recorded))
+    if len(recorded) > 1:
+        raise ValueError(f"results in {ctx.root} come from differently configured profiles {sorted(recorded)}; "
+                         "rerun them with one profile (make reproduce) or report them from separate folders")
     from .config import load_profile
 
     try:
@@ -433,7 +441,7 @@ def _defaults(ctx: Context) -> tuple[float | None, str]:
 
 def _main_setting(ctx: Context, info: dict[str, Any]) -> bool:
     """A plain run at the profile's learning rate and fine-tuning type (what Tables 2, 11, 14 and Figure 4 use)."""
-    lr, finetune = _defaults(ctx)
+    lr, finetune = main_setting(ctx)
     return _plain(info) and info["finetune"] == finetune and (lr is None or info["learning_rate"] == lr)
 
 
@@ -663,7 +671,7 @@ def _variant_table(ctx: Context, ident: str, key: str, caption: str, paper_cols:
     """Ground-truth and STM runs (evaluated) grouped by one config field: fine-tuning type or learning rate."""
     title = TITLES[ident]
     sft = _sft(ctx)
-    lr, finetune = _defaults(ctx)
+    lr, finetune = main_setting(ctx)
     plain = [n for n, i in sft.items() if i["method"] in ("gt", "stm") and _plain(i) and (
         i["finetune"] == finetune if key == "learning_rate" else (i["finetune"] != finetune or i["learning_rate"] == lr))]
     df = _transfer_rows(ctx, plain)

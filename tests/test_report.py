@@ -196,3 +196,22 @@ def test_the_scale_line_counts_the_examples_a_run_trained_on(tmp_path):
     assert "all training examples" in ctx.scale(hub)  # n_train 0 means the whole train split, not none
     trained = {**hub, "results": {"training": {"examples": 374}}}
     assert "374 training examples" in ctx.scale(trained)
+
+
+def test_the_main_setting_comes_from_the_run_records_not_the_yaml_as_edited_since(tmp_path):
+    from stmkit.report import Context, main_setting
+
+    recorded = {"profile_setting": {"learning_rate": 0.123, "finetune": "dora"}}
+    assert main_setting(Context(tmp_path, "cpu-demo", {"a": recorded, "b": recorded})) == (0.123, "dora")
+    other = {"profile_setting": {"learning_rate": 0.5, "finetune": "lora"}}
+    with pytest.raises(ValueError, match="differently configured profiles"):
+        main_setting(Context(tmp_path, "cpu-demo", {"a": recorded, "b": other}))
+
+
+def test_a_run_records_its_profiles_own_setting_before_overrides(tmp_path, monkeypatch):
+    import stmkit.experiment as ex
+
+    monkeypatch.setenv("STMKIT_RESULTS", str(tmp_path))
+    run = ex.start("sft", "smoke", "training.learning_rate=0.5,training.finetune=dora", "lr", "", "")
+    assert run.profile.training.learning_rate == 0.5
+    assert run.record.data["profile_setting"] == {"learning_rate": 1.0e-3, "finetune": "lora"}
