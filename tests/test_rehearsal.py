@@ -112,6 +112,9 @@ def test_bird_by_data_source():
         load_task_items("bird", 2, "test", "hf")
     dev = load_task_items("bird", 2, "test", "hub-fixture")  # the stand-in in BIRD's dev layout
     assert len(dev) == 2 and Path(dev[0].meta["db_path"]).parent.parent.name == "dev_databases"
+    # the paper profile (source hf) reads the dev folder it is given, as the hub has no BIRD
+    folder = Path(dev[0].meta["db_path"]).parent.parent.parent
+    assert [e.id for e in load_task_items("bird", 2, "test", "hf", bird_dir=str(folder))] == [e.id for e in dev]
 
 
 # --- stand-ins never answer correctly: rehearsals keep their answers, unverified ---------------------------------
@@ -164,3 +167,18 @@ def test_rehearsal_subset_runs_each_family_through_the_real_notebooks(tmp_path):
     assert sections["table11"].status == "made"  # OLMo 2 7B (and Gemma 2 9B) vs their ground truth
     assert sections["fig09"].status == "made"  # Mistral 7B's token categories
     assert "A rehearsal: every model is an architecture-faithful stand-in" in (out / "REPORT.md").read_text()
+
+
+def test_an_empty_generated_set_is_one_error_saying_why():
+    from stmkit import training
+    from stmkit.config import load_profile
+
+    class Run:  # what prepare_sft_data reads of a run before it scores anything
+        profile = load_profile("smoke", training.method_overrides("self_output"))
+
+        @staticmethod
+        def generated_sets(name):
+            return {"Self-Output": [], "Rephrase": []}
+
+    with pytest.raises(ValueError, match="the Self-Output set of run 'generate' is empty: none of the model's answers"):
+        training.prepare_sft_data(Run(), "self_output")
