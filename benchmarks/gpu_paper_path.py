@@ -1,15 +1,16 @@
-"""One short GPU check of the paper path: `python -m benchmarks.gpu_paper_path OUT_DIR` on a CUDA machine.
+"""One short GPU check of the paper path: `python -m benchmarks.gpu_paper_path OUT_DIR [--parts a,b]` on a CUDA
+machine; parts: throughput, kit-trainer, paper-path (default: throughput,paper-path).
 
 1. Throughput of the paper's architectures at their real sizes (random weights: nothing is downloaded) in the
    three regimes the cost estimate (stmkit.gpu_costs) models: a scoring forward, a LoRA training step (r 16,
-   all linear layers, AdamW) and sampled generation; with peak memory. These measured utilisations are what
-   configs/costs/gpu.yaml records and the dry run's GPU-hours use.
-2. (--kit-trainer) The kit's own trainer on a random Llama 3 8B: tokens/s and peak memory beside the raw step.
+   all linear layers, AdamW) and sampled generation; with peak memory. configs/costs/gpu.yaml names this output
+   (kept in configs/costs/measured/) and the dry run's GPU-hours are computed from it.
+2. (kit-trainer) The kit's own trainer on a random Llama 3 8B: tokens/s and peak memory beside the raw step.
 3. The kit's own paper path on CUDA in bf16 with two stand-ins (tiny-llama3, tiny-gemma2): score, mask, train
    ground truth and STM through `python -m stmkit.training` (TRL on CUDA), then evaluate MBPP and ARC on the
    trained adapters (generation on CUDA, MBPP code in the sandbox).
 
-Writes OUT_DIR/gpu_throughput.json and OUT_DIR/gpu_paper_path.json; prints a summary.
+Writes OUT_DIR/gpu_throughput.json, gpu_kit_trainer.json and gpu_paper_path.json (the parts run); prints a summary.
 """
 
 from __future__ import annotations
@@ -191,17 +192,27 @@ def kit_trainer(arch: str = "llama-3-8b-instruct", device: str = "cuda", shape: 
 
 
 def main(argv: list[str]) -> int:
+    import argparse
+
     import torch
 
-    paths = [a for a in argv if not a.startswith("--")]
-    out = Path(paths[0] if paths else os.environ.get("OUT", "."))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_paper_path", description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default=os.environ.get("OUT", "."))
+    parser.add_argument("--parts", default="throughput,paper-path",
+                        help="comma-separated: throughput, kit-trainer, paper-path")
+    args = parser.parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - {"throughput", "kit-trainer", "paper-path"}
+    if unknown:
+        parser.error(f"unknown part {sorted(unknown)[0]!r} (parts: throughput, kit-trainer, paper-path)")
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
     import transformers
 
     info["transformers"] = transformers.__version__
     runs = {"info": info, "archs": {}}
-    for arch in ([] if "--paper-path-only" in argv else ARCHS):
+    for arch in (ARCHS if "throughput" in parts else []):
         try:
             runs["archs"][arch] = throughput(arch)
         except Exception as exc:
@@ -209,14 +220,14 @@ def main(argv: list[str]) -> int:
         print(arch, json.dumps(runs["archs"][arch], default=str), flush=True)
         (out / "gpu_throughput.json").write_text(json.dumps(runs, indent=1, default=str))
     (out / "gpu_info.json").write_text(json.dumps(info, indent=1))
-    if "--kit-trainer" in argv:
+    if "kit-trainer" in parts:
         try:
             kit = kit_trainer()
         except Exception as exc:
             kit = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
         print("kit trainer", json.dumps(kit, default=str), flush=True)
         (out / "gpu_kit_trainer.json").write_text(json.dumps(kit, indent=1, default=str))
-    if "--no-paper-path" not in argv:
+    if "paper-path" in parts:
         path = paper_path(out)
         (out / "gpu_paper_path.json").write_text(json.dumps(path, indent=1, default=str))
     return 0

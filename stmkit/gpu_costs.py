@@ -22,6 +22,7 @@ vLLM, which the kit supports, decodes many times faster than HF generate).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,19 @@ class GpuEstimate:
 
 
 def load_gpu_costs(path: Path = GPU_COSTS_FILE) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+    """configs/costs/gpu.yaml with, per measured architecture, the rates computed from the raw measurement it names:
+    forward and train utilisation (achieved / the reference GPU's peak), decode tokens/s, the LoRA step's peak."""
+    costs = yaml.safe_load(path.read_text())
+    measured = json.loads((path.parent / costs["measured"]).read_text())["archs"]
+    peak = costs["reference_gpu"]["bf16_tflops"]
+    costs["archs"] = {
+        arch: {"forward_utilisation": m["forward"]["tflops"] / peak,
+               "train_utilisation": m["lora_step"]["tflops_4n"] / peak,
+               "decode_tokens_per_s": m["generate"]["tokens_per_s"],
+               "train_peak_gib": m["lora_step"]["peak_gib"],
+               "train_tokens_measured": m["lora_step"]["batch"] * m["lora_step"]["seq"]}
+        for arch, m in measured.items()}
+    return costs
 
 
 class _Costing:
@@ -162,36 +175,39 @@ def _size(task: str, split: str, n: int) -> int:
     return n or HUB_SIZES[task].get(split, 0)
 
 
-def _task_name(spec: str) -> str:
-    return spec.split(":")[0].strip()
-
-
 def estimate_run(run: Any, cfg: Any, costs: dict[str, Any] | None = None) -> GpuEstimate:
     """GPU-hours, peak memory and disk of one sweep run (a pipeline.RunSpec) under its resolved profile `cfg`."""
+    from .evaluation import parse_task_spec, resolve_mode
+
     costs = costs or load_gpu_costs()
     c = _Costing(cfg.model.name, costs)
     d, t, e, g = cfg.data, cfg.training, cfg.eval, cfg.generation
     target, params = d.target, run.params
     n_train = _size(target, "train", d.n_train)
     train_tokens = n_train * c.example_tokens(target)
-    secs = {False: RUN_OVERHEAD_S, True: RUN_OVERHEAD_S}
+    expected = bound = RUN_OVERHEAD_S
     peak, disk, notes = c.inference_gib(8, d.max_length), 0.0, []
 
-    def add(seconds_expected: float, seconds_bound: float | None = None) -> None:
-        secs[False] += seconds_expected
-        secs[True] += seconds_expected if seconds_bound is None else seconds_bound
+    def compute(seconds: float) -> None:
+        nonlocal expected, bound
+        expected, bound = expected + seconds, bound + seconds
+
+    def generate(sequences: int, task: str, max_new: int, times: float = 1) -> None:
+        """`times` generations of `sequences` answers each (one per model or checkpoint: batches do not mix them)."""
+        nonlocal expected, bound
+        expected += times * c.generate_s(sequences, task, max_new, e.batch_size, bound=False)
+        bound += times * c.generate_s(sequences, task, max_new, e.batch_size, bound=True)
 
     if run.notebook in ("01_score_tokens", "02_mask_tokens"):
-        add(c.forward_s(train_tokens))
+        compute(c.forward_s(train_tokens))
     elif run.notebook == "03_generate_data":
-        samples = n_train * g.n_samples + n_train  # Self-Output, then one Rephrase per problem
-        add(*(c.generate_s(samples, target, g.max_new_tokens, e.batch_size, b) for b in (False, True)))
-        add(c.forward_s(n_train * g.n_samples * c.example_tokens(target)))  # scoring the candidates
+        generate(n_train * g.n_samples + n_train, target, g.max_new_tokens)  # Self-Output, one Rephrase per problem
+        compute(c.forward_s(n_train * g.n_samples * c.example_tokens(target)))  # scoring the candidates
         peak = max(peak, c.inference_gib(e.batch_size, c.tokens[target]["prompt"] + g.max_new_tokens))
     elif run.notebook in ("04_sft", "06_regularization"):
         kl = t.kl_coef > 0 or run.notebook == "06_regularization"
-        add(c.forward_s(train_tokens) * (2 if params.get("reference_run") or params.get("init_run") else 1))
-        add(c.train_s(train_tokens * t.epochs * PADDING, t.finetune, kl, t.gradient_checkpointing))
+        compute(c.forward_s(train_tokens) * (2 if params.get("reference_run") or params.get("init_run") else 1))
+        compute(c.train_s(train_tokens * t.epochs * PADDING, t.finetune, kl, t.gradient_checkpointing))
         peak = max(peak, c.train_gib(t.finetune, t.batch_size, d.max_length, t.gradient_checkpointing))
         saves = 1 + (t.epochs / t.save_every_epochs if t.save_every_epochs else t.epochs)
         if t.finetune == "full":
@@ -204,31 +220,28 @@ def estimate_run(run: Any, cfg: Any, costs: dict[str, Any] | None = None) -> Gpu
             disk = saves * 3 * 4 * lora / 1e9  # each checkpoint: fp32 adapter + AdamW's two moments
     elif run.notebook == "05_evaluate":
         models = 1 + len([x for x in str(params.get("train_run", "")).split(",") if x.strip()])
-        for spec in e.tasks:
-            task = _task_name(spec)
+        tasks = [parse_task_spec(spec) for spec in e.tasks]
+        for task, mode in tasks:
             n = _size(task, "test", e.n_items)
-            if task in ("arc_easy", "piqa", "sciq") or spec.endswith(":loglik"):
-                add(models * c.forward_s(n * c.example_tokens(task) * 4))
+            if resolve_mode(task, mode) == "loglik":  # one forward per choice (up to four)
+                compute(models * c.forward_s(n * c.example_tokens(task) * 4))
             else:
-                add(*(models * c.generate_s(n, task, e.max_new_tokens, e.batch_size, b) for b in (False, True)))
+                generate(n, task, e.max_new_tokens, times=models)
         checkpoint_tasks = [x.strip() for x in str(params.get("checkpoint_tasks", "")).split(",") if x.strip()]
-        if checkpoint_tasks:
-            saves = t.epochs / t.save_every_epochs if t.save_every_epochs else t.epochs
-            for spec in checkpoint_tasks:
-                task = target if spec == "target" else _task_name(spec)
-                n = _size(task, "test", e.n_items)
-                add(*((models - 1) * saves * c.generate_s(n, task, e.max_new_tokens, e.batch_size, b)
-                      for b in (False, True)))
+        saves = t.epochs / t.save_every_epochs if t.save_every_epochs else t.epochs
+        for spec in checkpoint_tasks:
+            task = target if spec == "target" else parse_task_spec(spec)[0]
+            generate(_size(task, "test", e.n_items), task, e.max_new_tokens, times=(models - 1) * saves)
         if params.get("self_bleu_task"):
-            task, k = str(params["self_bleu_task"]), int(params.get("self_bleu_samples", 4))
-            n = int(params.get("self_bleu_items", 20))
-            add(*(models * c.generate_s(n * k, task, e.max_new_tokens, e.batch_size, b) for b in (False, True)))
-        peak = max(peak, c.inference_gib(e.batch_size, 256 + e.max_new_tokens))
+            n = int(params.get("self_bleu_items", 20)) * int(params.get("self_bleu_samples", 4))
+            generate(n, str(params["self_bleu_task"]), e.max_new_tokens, times=models)
+        longest_prompt = max(c.tokens[task]["prompt"] for task, _ in tasks)
+        peak = max(peak, c.inference_gib(e.batch_size, longest_prompt + e.max_new_tokens))
     if peak > c.memory_gib:
         notes.append(f"peak {peak:.0f} GiB exceeds the {c.memory_gib} GiB of one such GPU"
                      + ("" if t.gradient_checkpointing or run.notebook not in ("04_sft", "06_regularization")
                         else ": set training.gradient_checkpointing or halve training.batch_size (double grad_accum)"))
-    return GpuEstimate(run.name, secs[False] / 3600, secs[True] / 3600, peak, disk, "; ".join(notes))
+    return GpuEstimate(run.name, expected / 3600, bound / 3600, peak, disk, "; ".join(notes))
 
 
 def describe(estimates: list[GpuEstimate], costs: dict[str, Any] | None = None) -> str:

@@ -144,11 +144,13 @@ def load_sweep(profile: str, path: Path | None = None) -> list[RunSpec]:
 
 
 def derive_runs(where: str, spec: Any) -> list[dict[str, Any]]:
-    """The runs of another sweep, one to one and in order, with each model replaced (`models`: every model the
-    source sweep names must be mapped), `overrides` added to every run, chosen runs kept (`runs`: names; omitted = all, each run's `after`
-    and the runs they need included), and notebook parameters replaced where a run has them (`params`)."""
+    """The runs of another sweep, one to one and in order: each model replaced (`models`: every model the source
+    sweep names must be mapped, and the run records the model it stands in for), `overrides` added to every run,
+    notebook parameters replaced where a run has them (`params`), and only the chosen runs kept (`runs`: names, with
+    the runs their `after` and parameters name; omitted = all)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("from"), str):
-        raise ConfigError(f"{where}: 'derive' needs 'from: <sweep name>' (and optionally models, runs, params)")
+        raise ConfigError(f"{where}: 'derive' needs 'from: <sweep name>' (and optionally models, runs, params, "
+                          "overrides)")
     bad = set(spec) - {"from", "models", "runs", "params", "overrides"}
     if bad:
         raise ConfigError(f"{where}: 'derive' has unknown key '{sorted(bad)[0]}' "
@@ -157,7 +159,7 @@ def derive_runs(where: str, spec: Any) -> list[dict[str, Any]]:
     if not source.is_file():
         raise ConfigError(f"{where}: derives from '{spec['from']}', but there is no sweep {source}")
     source_runs = load_yaml(source).get("runs") or []
-    models, params = dict(spec.get("models") or {}), dict(spec.get("params") or {})
+    models, params, added = (dict(spec.get(k) or {}) for k in ("models", "params", "overrides"))
     out = []
     for raw in source_runs:
         raw = dict(raw)
@@ -169,7 +171,7 @@ def derive_runs(where: str, spec: Any) -> list[dict[str, Any]]:
                                   f"'derive: models' does not map; add '{model}: <replacement>'")
             overrides["model.name"] = models[model]
             overrides["model.stands_in_for"] = model
-        raw["overrides"] = {**overrides, **dict(spec.get("overrides") or {})}
+        raw["overrides"] = {**overrides, **added}
         raw["params"] = {k: params.get(k, v) for k, v in (raw.get("params") or {}).items()}
         out.append(raw)
     chosen = spec.get("runs")

@@ -68,3 +68,19 @@ def test_the_paper_dry_run_prints_the_gpu_table(capsys, tmp_path):
 def test_a_model_without_a_cost_model_is_named():
     with pytest.raises(ValueError, match="no GPU cost model for 'tiny-llama'"):
         gpu_costs.estimate_run(pipeline.load_sweep("smoke")[0], load_profile("smoke"))
+
+
+def test_the_readme_quotes_the_dry_runs_totals():
+    readme = (pipeline.REPO_ROOT / "README.md").read_text()
+    for sweep, label in [(None, "| `paper` (all of it) | 121 |"), ("paper-1gpu", "| 14 |")]:
+        est = list(_estimates(sweep).values())
+        hours, bound = sum(e.hours for e in est), sum(e.hours_bound for e in est)
+        digits = 0 if hours > 100 else 1
+        row = next(line for line in readme.splitlines() if label in line)
+        assert f"{hours:.{digits}f} ({bound:.{digits}f})" in row, row
+        assert f"{sum(e.disk_gb for e in est):.0f} GB" in row, row
+
+
+@pytest.mark.slow
+def test_the_recorded_task_lengths_are_what_measuring_them_gives():
+    assert gpu_costs.measure_task_tokens() == gpu_costs.load_gpu_costs()["task_tokens"]

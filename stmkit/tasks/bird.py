@@ -658,8 +658,8 @@ def load_standin(root: str | Path, *, prompt_style: str = "kit") -> list[Example
     return _items_from_records(records, root / "standin_databases", json_path, prompt_style, 0, None, standin=True)
 
 
-def ensure_standin(seed: int = 0, n_items: int = STANDIN_ITEMS, *, prompt_style: str = "kit") -> list[Example]:
-    """The stand-in (NOT BIRD), built once into the stmkit cache folder (atomically) and reused."""
+def _standin_dir(seed: int, n_items: int) -> Path:
+    """The stand-in's folder in the stmkit cache, built once (atomically) and verified."""
     from ..cache import atomic_dir, cache_root, verify_dir
 
     root = cache_root() / "bird_standin" / f"v{STANDIN_VERSION}-seed{seed}-n{n_items}"
@@ -667,7 +667,12 @@ def ensure_standin(seed: int = 0, n_items: int = STANDIN_ITEMS, *, prompt_style:
         with atomic_dir(root, meta={"standin_version": STANDIN_VERSION, "seed": seed, "n_items": n_items}) as tmp:
             build_standin(tmp, n_items, seed)
     verify_dir(root)
-    return load_standin(root, prompt_style=prompt_style)
+    return root
+
+
+def ensure_standin(seed: int = 0, n_items: int = STANDIN_ITEMS, *, prompt_style: str = "kit") -> list[Example]:
+    """The stand-in (NOT BIRD), built once into the stmkit cache folder and reused."""
+    return load_standin(_standin_dir(seed, n_items), prompt_style=prompt_style)
 
 
 def ensure_dev_fixture(seed: int = 0, n_items: int = STANDIN_ITEMS) -> Path:
@@ -677,9 +682,8 @@ def ensure_dev_fixture(seed: int = 0, n_items: int = STANDIN_ITEMS) -> Path:
 
     from ..cache import atomic_dir, cache_root, verify_dir
 
-    ensure_standin(seed, n_items)
-    standin = cache_root() / "bird_standin" / f"v{STANDIN_VERSION}-seed{seed}-n{n_items}"
-    root = cache_root() / "bird_dev_fixture" / f"v{STANDIN_VERSION}-seed{seed}-n{n_items}"
+    standin = _standin_dir(seed, n_items)
+    root = cache_root() / "bird_dev_fixture" / standin.name
     if not root.is_dir():
         with atomic_dir(root, meta={"standin_version": STANDIN_VERSION, "seed": seed, "n_items": n_items}) as tmp:
             shutil.copytree(standin / "standin_databases", tmp / "dev_databases")

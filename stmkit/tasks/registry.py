@@ -149,8 +149,8 @@ def load_hub(task: Task, split: str, fixture: bool = False) -> list[Example]:
     where = f"{hub_id} ({config}){' hub-schema fixture' if fixture else ''}"
     try:
         ds = load_fixture(hub_id, config, hub_split) if fixture else datasets.load_dataset(hub_id, config, split=hub_split)
-    except ValueError as exc:
-        if "split" not in str(exc).lower():
+    except ValueError as exc:  # `datasets` words a missing split so (and the fixture loader as it does)
+        if "unknown split" not in str(exc).lower():
             raise
         raise ValueError(f"task {task.name}: {where} has no split '{hub_split}' ({exc})") from exc
     except Exception as exc:  # offline, gated or missing: say how to provide it
