@@ -12,7 +12,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-BENCHES = ["bench_scoring", "bench_evaluation", "bench_generation", "bench_adapter_eval", "bench_training", "bench_pipeline",
+BENCHES = ["bench_scoring", "bench_evaluation", "bench_generation", "bench_adapter_eval", "bench_training", "bench_precision", "bench_pipeline",
            "bench_verify"]
 
 

@@ -2,7 +2,8 @@
 
 Goal (issue): an STM step costs no more than a ground-truth step (ratio <= 1.0). Steps alternate between the two
 label sets on one trainer, so load from other processes hits both alike. Off GPU, TRL projects every position
-through the LM head; stmkit projects only the trained ones: the bench times both heads.
+through the LM head; stmkit projects only the trained ones: the bench times both heads. A second trainer with
+training.mixed_precision bf16 (fp32 weights, bf16 autocast: what cpu-demo trains with) times the same GT step.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
@@ -35,9 +37,13 @@ def run() -> dict:
                          batch_size=BATCH)
     with tempfile.TemporaryDirectory(prefix="stmkit-bench-") as out:
         trainer = training.build_trainer(MODEL, gt, cfg, out, tokenizer=tok, progress=False)
+        mixed = training.build_trainer(MODEL, gt, replace(cfg, mixed_precision="bf16"), out, tokenizer=tok,
+                                       progress=False)
     model = trainer.model
     model.train()
+    mixed.model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    mixed_optimizer = torch.optim.AdamW([p for p in mixed.model.parameters() if p.requires_grad], lr=1e-6)
     collate = trainer.data_collator.inner  # TRL's collator: pads input_ids, and labels with -100
     batches = {}
     for name, res in (("gt", gt), ("stm", stm)):
@@ -47,15 +53,16 @@ def run() -> dict:
 
     def step(arm: str) -> float:
         name, head = arm.split("/")
-        trainer.compact_head = head == "stmkit"
+        tr, opt = (mixed, mixed_optimizer) if head == "stmkit-bf16" else (trainer, optimizer)
+        tr.compact_head = head != "trl"
         inputs, n_items = batches[name]
         t0 = time.perf_counter()
-        trainer.training_step(model, dict(inputs), torch.tensor(n_items))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        tr.training_step(tr.model, dict(inputs), torch.tensor(n_items))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t0
 
-    arms = ["gt/stmkit", "stm/stmkit", "gt/trl", "stm/trl"]
+    arms = ["gt/stmkit", "stm/stmkit", "gt/trl", "stm/trl", "gt/stmkit-bf16"]
     for arm in arms:
         step(arm)  # warm-up
     times: dict[str, list[float]] = {a: [] for a in arms}
@@ -71,6 +78,7 @@ def run() -> dict:
         "ratio_stm_vs_gt": med["stm/stmkit"] / med["gt/stmkit"],
         "ratio_stm_vs_gt_trl_head": med["stm/trl"] / med["gt/trl"],
         "ratio_stmkit_head_vs_trl_head_gt": med["gt/stmkit"] / med["gt/trl"],
+        "ratio_bf16_mixed_vs_fp32_gt": med["gt/stmkit-bf16"] / med["gt/stmkit"],
         "tokens_per_s": {a: n_tokens / t for a, t in med.items()},
     }
     res["goals"] = {"STM step <= 1.0x GT step": res["ratio_stm_vs_gt"] <= 1.0}
@@ -79,4 +87,5 @@ def run() -> dict:
     print(f"   STM / GT step, stmkit head   {res['ratio_stm_vs_gt']:.3f}x  (goal <= 1.0)")
     print(f"   STM / GT step, TRL head      {res['ratio_stm_vs_gt_trl_head']:.3f}x")
     print(f"   stmkit head / TRL head (GT)  {res['ratio_stmkit_head_vs_trl_head_gt']:.3f}x")
+    print(f"   bf16 mixed / fp32 step (GT)  {res['ratio_bf16_mixed_vs_fp32_gt']:.3f}x")
     return res

@@ -72,22 +72,37 @@ def gold_nll(
     batch_size: int = 16,
     max_tokens_per_batch: int = 8192,
     progress: bool = True,
+    mixed_precision: str = "no",
 ) -> dict[str, float]:
-    """{item id: mean NLL per reference-answer token} for one model; cached by model fingerprint and the items."""
+    """{item id: mean NLL per reference-answer token} for one model; cached by model fingerprint and the items.
+
+    mixed_precision "bf16": the forward passes run under bf16 autocast (fp32 weights). On a CPU with AMX about 2.9x
+    faster; per-task means agree with fp32 to ~1e-3 nats/token (`make bench`, bench_precision)."""
+    import contextlib
+
+    import torch
+
     from .scoring import Rendered, score_rendered
 
     if not items:
         raise ValueError("no items to measure gold-answer NLL on")
+    if mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"mixed_precision={mixed_precision!r} must be 'no' or 'bf16'")
     cache = cache or Cache()
+    extra = {"mixed_precision": mixed_precision} if mixed_precision != "no" else {}  # earlier keys stay valid
     key = content_key("gold_nll", GOLD_NLL_VERSION, model=fingerprint,
-                      items=[(it.task, it.id, it.prompt_ids, it.answer_ids) for it in items])
+                      items=[(it.task, it.id, it.prompt_ids, it.answer_ids) for it in items], **extra)
     hit = cache.get("gold_nll", key)
     if hit is not None:
         return json.loads((hit / "nll.json").read_text())
     rows = [Rendered(f"{it.task} item {it.id!r}", [*it.prompt_ids, *it.answer_ids], len(it.prompt_ids))
             for it in items]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    scored = score_rendered(model, rows, pad, batch_size, max_tokens_per_batch, progress)  # refuses non-finite
+    device = next(model.parameters()).device.type
+    autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if mixed_precision == "bf16"
+                else contextlib.nullcontext())
+    with autocast:
+        scored = score_rendered(model, rows, pad, batch_size, max_tokens_per_batch, progress)  # refuses non-finite
     nll = {it.id: -float(np.mean(s.logprobs)) for it, s in zip(items, scored, strict=True)}
     with cache.put("gold_nll", key, meta={"n": len(items), "model": fingerprint}) as tmp:
         (tmp / "nll.json").write_text(dumps_finite(nll, "gold-answer NLL"))
@@ -130,7 +145,7 @@ def measure_model(
         task = parse_task_spec(spec)[0]
         items = gold_items(tokenizer, task, n, source=source)
         nll = gold_nll(model, tokenizer, items, fingerprint=fingerprint, cache=cache, batch_size=eval_cfg.batch_size,
-                       progress=progress)
+                       progress=progress, mixed_precision=eval_cfg.gold_mixed_precision)
         entry: dict[str, Any] = {"mean": float(np.mean(list(nll.values()))), "n": len(nll),
                                  "role": "target" if task == target else "non-target"}
         if out_dir is not None:

@@ -416,9 +416,10 @@ def _time_evaluations(trainer: Any) -> list[float]:
     return spent
 
 
-def _precision(finetune: str, device: str, dtype: str) -> tuple[Any, bool, bool]:
+def _precision(finetune: str, device: str, dtype: str, mixed: str = "no") -> tuple[Any, bool, bool]:
     """(dtype to load the model in, bf16 autocast, fp16 autocast): fp32 on CPU and bf16 on GPU under dtype 'auto';
-    bf16 on CPU only when asked for (the rehearsal runs the paper's precision there; it is not faster at 135M)."""
+    bf16 weights on CPU only when asked for (the rehearsal runs the paper's precision there). mixed 'bf16': fp32
+    weights under bf16 autocast (TrainingConfig.mixed_precision)."""
     import torch
 
     from .models import pick_dtype
@@ -426,9 +427,21 @@ def _precision(finetune: str, device: str, dtype: str) -> tuple[Any, bool, bool]
     want = pick_dtype(dtype, device)
     if device == "cpu" and want == torch.float16:
         raise ValueError(f"training on CPU cannot use float16 (model.dtype {dtype}); use 'auto', 'float32' or 'bfloat16'")
+    if mixed == "bf16":
+        if want == torch.float16:
+            raise ValueError(f"training.mixed_precision bf16 with model.dtype {dtype}: use float32, bfloat16 or auto")
+        return torch.float32, True, False
     # Full fine-tuning keeps fp32 master weights (AdamW on bf16 weights loses small updates) and autocasts.
     load = torch.float32 if finetune == "full" else want
     return load, want == torch.bfloat16, want == torch.float16
+
+
+def precision_name(load_dtype: Any, bf16: bool, fp16: bool, mixed: str = "no") -> str:
+    """How a run trained, as its record and cache key say it: 'float32', 'bf16' (bf16 autocast with the model
+    loaded per model.dtype, the GPU default), 'fp16', or 'float32+bf16-autocast' (TrainingConfig.mixed_precision)."""
+    if mixed == "bf16":
+        return "float32+bf16-autocast"
+    return "bf16" if bf16 else "fp16" if fp16 else str(load_dtype).replace("torch.", "")
 
 
 def _world_size() -> int:
@@ -450,6 +463,8 @@ def training_key(cfg: TrainingConfig, data_fp: str, eval_fp: str | None, model_f
         config.pop("eaft_alpha")
     if cfg.loss == "nll":
         config.pop("loss")
+    if cfg.mixed_precision == "no":  # joined later too; the precision string carries it otherwise
+        config.pop("mixed_precision")
     return content_key(
         "adapter", TRAINING_VERSION, config=config, data=data_fp, eval=eval_fp, model=model_fp, seed=seed,
         precision=precision, world_size=world_size, **extra,
@@ -505,8 +520,8 @@ def train(
     if eval_ds is not None:
         check_dataset(eval_ds, "eval_dataset")
     dev = pick_device(device)
-    load_dtype, bf16, fp16 = _precision(cfg.finetune, dev, dtype)
-    precision = "bf16" if bf16 else "fp16" if fp16 else str(load_dtype).replace("torch.", "")
+    load_dtype, bf16, fp16 = _precision(cfg.finetune, dev, dtype, cfg.mixed_precision)
+    precision = precision_name(load_dtype, bf16, fp16, cfg.mixed_precision)
     model_fp = fingerprint(model_name_or_path)
     init = None
     if init_adapter is not None:
@@ -565,7 +580,7 @@ def build_trainer(
     ds = as_dataset(ds)
     check_dataset(ds)
     dev = pick_device(device)
-    load_dtype, bf16, fp16 = _precision(cfg.finetune, dev, dtype)
+    load_dtype, bf16, fp16 = _precision(cfg.finetune, dev, dtype, cfg.mixed_precision)
     return _build(Path(folder), model_name, tokenizer, ds, eval_ds, cfg, seed, dev, load_dtype, bf16, fp16,
                   revision, progress, len(ds), init_adapter)
 
@@ -719,7 +734,7 @@ def _train_into(
         "mean_train_loss": out.training_loss,
         "world_size": _world_size(),
         "device": dev,
-        "precision": "bf16" if bf16 else "fp16" if fp16 else str(load_dtype).replace("torch.", ""),
+        "precision": precision_name(load_dtype, bf16, fp16, cfg.mixed_precision),
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "seed": seed,
         "init_adapter": init[0] if init else None,

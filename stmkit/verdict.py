@@ -100,7 +100,8 @@ def _matrix(data: VerdictInput, measure: str, runs: Mapping[int, str],
         if a and b:
             tables.append((a, b))
     if not tables:
-        return None, "the runs or measurements this needs are missing (see SWEEP=cpu-demo-verdict)"
+        return None, ("the runs or measurements this needs are missing (the default sweep makes them for claims 1-3 "
+                      "and 5; claim 4's controls come from SWEEP=cpu-demo-extra)")
     common = set.intersection(*[set(a) & set(b) for a, b in tables])
     base = data.items.get((BASE, measure)) if measure in RELATIVE else None
     if measure in RELATIVE:

@@ -46,3 +46,16 @@ def test_rise_pairs_items_and_refuses_different_ones():
     assert gold_nll.nll_rise({"a": 2.0, "b": 1.0}, {"a": 1.5, "b": 1.5}) == {"a": 0.5, "b": -0.5}
     with pytest.raises(ValueError, match="different items"):
         gold_nll.nll_rise({"a": 1.0}, {"b": 1.0})
+
+
+def test_bf16_autocast_is_cached_apart_and_agrees_with_fp32(tiny, tmp_path):
+    model, tok = tiny
+    items = gold_nll.gold_items(tok, "gsm8k", 3)
+    cache = Cache(tmp_path)
+    fp32 = gold_nll.gold_nll(model, tok, items, fingerprint="tiny", cache=cache, progress=False)
+    bf16 = gold_nll.gold_nll(model, tok, items, fingerprint="tiny", cache=cache, progress=False,
+                             mixed_precision="bf16")
+    assert bf16 != fp32  # computed, not the fp32 entry read back
+    assert bf16 == pytest.approx(fp32, abs=0.05)
+    with pytest.raises(ValueError, match="mixed_precision"):
+        gold_nll.gold_nll(model, tok, items, fingerprint="tiny", cache=cache, progress=False, mixed_precision="fp16")

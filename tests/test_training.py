@@ -137,6 +137,23 @@ def test_gt_and_stm_see_the_same_examples_in_the_same_order(tiny, scored, cache)
     assert stm.record["final_train_loss"] < gt.record["final_train_loss"]
 
 
+def test_bf16_mixed_precision_trains_fp32_weights_under_autocast_and_keys_apart(tiny, scored, cache):
+    _, tok = tiny
+    data = masking.mask_dataset(scored, "none")
+    cfg = dataclasses.replace(BASE, max_steps=2)
+    fp32 = run(data, cfg, cache, tok)
+    mixed = run(data, dataclasses.replace(cfg, mixed_precision="bf16"), cache, tok)
+    assert mixed.key != fp32.key and not mixed.cached
+    assert mixed.record["precision"] == "float32+bf16-autocast" and fp32.record["precision"] == "float32"
+    assert mixed.record["final_train_loss"] == pytest.approx(fp32.record["final_train_loss"], rel=0.05)
+    from safetensors.torch import load_file
+
+    weights = load_file(str(mixed.adapter_dir / "adapter_model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.float32}  # the adapter trained in fp32 master weights
+    with pytest.raises(ValueError, match="mixed_precision"):
+        dataclasses.replace(cfg, mixed_precision="fp8").validate("training")
+
+
 def test_rerun_with_nothing_changed_trains_nothing(tiny, scored, cache, monkeypatch):
     _, tok = tiny
     data = masking.mask_dataset(scored, "threshold", tau=2.5)
@@ -240,7 +257,8 @@ def test_init_adapter_is_merged_before_training_and_keys_the_cache(tiny, scored,
     assert training.init_adapter_of(second.adapter_dir) == first.adapter_dir.resolve()
     # without an init adapter the key is what it always was (cached adapters stay valid; the loss settings, added
     # later, stay out of it at their defaults)
-    before = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("loss", "eaft_top_k", "eaft_alpha")}
+    later = ("loss", "eaft_top_k", "eaft_alpha", "mixed_precision")
+    before = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in later}
     old = content_key("adapter", training.TRAINING_VERSION, config=before, data="d", eval=None,
                       model="m", seed=0, precision="cpu:float32", world_size=1)
     assert training.training_key(cfg, "d", None, "m", 0, "cpu:float32") == old
@@ -490,7 +508,8 @@ def test_sibling_methods_set_their_rule_and_loss_and_keep_old_cache_keys():
     assert len(set(keys.values())) == 3
     # the loss settings joined the config later: at their defaults the key is the one computed before them
     from stmkit.cache import content_key
-    old = {k: v for k, v in dataclasses.asdict(BASE).items() if k not in ("loss", "eaft_top_k", "eaft_alpha")}
+    later = ("loss", "eaft_top_k", "eaft_alpha", "mixed_precision")
+    old = {k: v for k, v in dataclasses.asdict(BASE).items() if k not in later}
     assert keys["nll"] == content_key("adapter", training.TRAINING_VERSION, config=old, data="d", eval=None,
                                       model="m", seed=0, precision="cpu:float32", world_size=1)
 
