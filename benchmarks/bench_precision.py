@@ -3,9 +3,11 @@
 Three ground-truth LoRA runs at cpu-demo's settings on 40 MBPP problems (10 steps): fp32 seed 0, bf16 mixed seed 0
 (fp32 weights, bf16 autocast: training.mixed_precision), fp32 seed 1. "Equal" means the precision changes the
 result less than the seed does: final training loss, ||ΔW|| and the gold-answer NLL of 200 ARC-Easy items (fp32)
-differ less between fp32 and bf16 (same seed) than between the two fp32 seeds. Gold-answer NLL itself under bf16
-autocast (eval.gold_mixed_precision) is compared with fp32 on the base model: speed and agreement of the mean.
-Goals: bf16 training step <= 0.85x fp32; precision differences < seed differences; gold NLL means within 0.005.
+differ less between fp32 and bf16 (same seed) than between the two fp32 seeds. The forgetting measures themselves
+under bf16 autocast (eval.measures_mixed_precision) are compared with fp32: gold-answer NLL on the base model, KL
+drift of the fp32 seed-0 adapter (40 prompts): speed and agreement of the means.
+Goals: bf16 training step <= 0.85x fp32; precision differences < seed differences; gold NLL means within 0.005;
+KL drift within 2% of fp32.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from stmkit import gold_nll, masking, training, weights
+from stmkit import drift, gold_nll, masking, training, weights
 from stmkit.adapters import merged_copy
 from stmkit.cache import Cache
 from stmkit.config import TrainingConfig
@@ -53,6 +55,14 @@ def run() -> dict:
                              progress=False)
         tuned = merged_copy(model, [res.adapter_dir])
         nll, _ = _gold(tuned, tok, items, cache)
+        if arm == "fp32 s0":
+            reference = drift.reference_responses(model, tok, ["arc_easy", "sciq"], 20, fingerprint="bench-base",
+                                                  batch_size=32, cache=cache, progress=False)
+            kl = {}
+            for mixed in ("no", "bf16"):
+                t0 = time.perf_counter()
+                kl[mixed] = (drift.measure_drift(tuned, tok, reference, base=model, batch_size=32, progress=False,
+                                                 mixed_precision=mixed)["all"]["kl"], time.perf_counter() - t0)
         out[arm] = {"s_per_step": res.record["s_per_step"], "final_train_loss": res.record["final_train_loss"],
                     "delta_w": weights.summarize_trained(res.adapter_dir)["total"],
                     "gold_nll_rise": float(np.mean([nll[k] - base_nll[k] for k in base_nll]))}
@@ -73,11 +83,15 @@ def run() -> dict:
         "seed_difference": seed,
         "gold_nll_bf16_vs_fp32": {"mean_difference": gold_mean_diff, "speedup": t_fp32 / t_bf16,
                                   "max_item_difference": float(max(abs(base_bf16[k] - base_nll[k]) for k in base_nll))},
+        "kl_drift_bf16_vs_fp32": {"fp32": kl["no"][0], "bf16": kl["bf16"][0],
+                                  "relative_difference": kl["bf16"][0] / kl["no"][0] - 1,
+                                  "speedup": kl["no"][1] / kl["bf16"][1]},
     }
     res["goals"] = {
         "bf16 step <= 0.85x fp32": res["ratio_bf16_vs_fp32_step"] <= 0.85,
         **{f"precision < seed difference: {k}": precision[k] < seed[k] for k in keys},
         "gold NLL bf16 mean within 0.005 of fp32": abs(gold_mean_diff) <= 0.005,
+        "KL drift bf16 within 2% of fp32": abs(res["kl_drift_bf16_vs_fp32"]["relative_difference"]) <= 0.02,
     }
     print(f"   bf16 / fp32 training step   {res['ratio_bf16_vs_fp32_step']:.3f}x  (goal <= 0.85)")
     for k in keys:
@@ -85,4 +99,7 @@ def run() -> dict:
     g = res["gold_nll_bf16_vs_fp32"]
     print(f"   gold NLL under bf16 autocast: {g['speedup']:.2f}x faster, mean {gold_mean_diff:+.5f} nats/token, "
           f"largest item {g['max_item_difference']:.3f}")
+    k = res["kl_drift_bf16_vs_fp32"]
+    print(f"   KL drift under bf16 autocast: {k['speedup']:.2f}x faster, {k['bf16']:.4f} vs {k['fp32']:.4f} fp32 "
+          f"({100 * k['relative_difference']:+.2f}%)")
     return res

@@ -102,5 +102,6 @@ ORDER = [o.id for o in CATALOGUE]
 TITLES = {o.id: o.title for o in CATALOGUE}
 NEEDS = {o.id: o.needs for o in CATALOGUE if o.needs}
 # Kit outputs beyond the paper that a sweep may name in `for:` (report sections of their own), and "all".
-KIT_OUTPUTS = {"siblings": "Beyond the paper: STM and its siblings"}
+KIT_OUTPUTS = {"siblings": "Beyond the paper: STM and its siblings",
+               "forgetting-curve": "Where forgetting appears: measures over training steps"}
 FEEDS_ALL = "all"

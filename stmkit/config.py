@@ -106,6 +106,8 @@ class TrainingConfig:
     eaft_alpha: float = 1.0
     save_every_epochs: float = 0.0  # checkpoint (and validation loss) every this many epochs; 0 = per epoch only
     save_every_steps: int = 0  # the same in optimizer steps (overrides save_every_epochs when > 0)
+    # checkpoints at these optimizer steps as well (e.g. log-spaced 5, 10, 20, 40, 80 for a forgetting curve)
+    save_at_steps: tuple[int, ...] = ()
     optim: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = "adamw_torch"
     max_grad_norm: float = 1.0  # gradient clipping; 0 = off
     gradient_checkpointing: bool = False  # saves GPU memory on large models; slower, and pointless at 135M on CPU
@@ -141,6 +143,8 @@ class TrainingConfig:
         _check(self.save_every_epochs >= 0, where, "save_every_epochs", "must be >= 0 (0 = once per epoch)")
         _check(self.save_every_steps >= 0, where, "save_every_steps", "must be >= 0 (0 = use save_every_epochs)")
         _check(self.max_grad_norm >= 0, where, "max_grad_norm", "must be >= 0 (0 = no clipping)")
+        _check(all(isinstance(s, int) and s >= 1 for s in self.save_at_steps), where, "save_at_steps",
+               "must be a list of optimizer steps >= 1")
         _check(self.max_steps == -1 or self.max_steps > 0, where, "max_steps", "must be -1 (use epochs) or > 0")
         _check(self.mixed_precision in ("no", "bf16"), where, "mixed_precision", "must be 'no' or 'bf16'")
 
@@ -163,9 +167,10 @@ class EvalConfig:
     gold_tasks: tuple[str, ...] = ()  # non-target tasks; () = none (the target is measured when gold_target_items)
     gold_items: int = 200  # first test items per non-target task
     gold_target_items: int = 0  # first test items of the target task (0 = not measured)
-    # "bf16": gold-answer NLL's forward passes under bf16 autocast (fp32 weights): ~2.9x faster on a CPU with AMX,
-    # per-task means equal to fp32 within ~1e-3 nats/token (make bench). Accuracy and drift stay in model.dtype.
-    gold_mixed_precision: Literal["no", "bf16"] = "no"
+    # "bf16": the forward passes of the forgetting measures (gold-answer NLL, KL drift) under bf16 autocast, fp32
+    # weights: 2-3x faster on a CPU with AMX, equal to fp32 well within seed noise (make bench, bench_precision).
+    # Accuracy and generated answers stay in model.dtype.
+    measures_mixed_precision: Literal["no", "bf16"] = "no"
 
     def validate(self, where: str) -> None:
         _check(self.n_items >= 0, where, "n_items", "must be >= 0")
@@ -183,7 +188,8 @@ class EvalConfig:
             _check_task_spec(spec, where, f"gold_tasks[{i}]")
         _check(self.gold_items >= 2, where, "gold_items", "must be >= 2 (intervals resample items)")
         _check(self.gold_target_items >= 0, where, "gold_target_items", "must be >= 0 (0 = not measured)")
-        _check(self.gold_mixed_precision in ("no", "bf16"), where, "gold_mixed_precision", "must be 'no' or 'bf16'")
+        _check(self.measures_mixed_precision in ("no", "bf16"), where, "measures_mixed_precision",
+               "must be 'no' or 'bf16'")
         if self.bird_dir:
             _check(Path(self.bird_dir).expanduser().is_dir(), where, "bird_dir",
                    f"is {self.bird_dir!r}, which is not a folder; point it at the unpacked BIRD dev set")

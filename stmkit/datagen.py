@@ -24,6 +24,9 @@ from .generation import Completion, Decoding, generate, sampling
 from .tasks import Example
 from .tasks.prompts import PROMPT_VERSION, REPHRASE_PROMPT
 
+DEFAULT_SELF_OUTPUT = sampling(8, 0.7, 0.95, 256, 0)  # the paper samples 32 at T=0.7, top_p=0.95
+DEFAULT_REPHRASE = sampling(1, 0.7, 0.95, 256, 0)
+
 DATAGEN_VERSION = 1
 CHUNK = 8  # prompts per cached chunk: the unit of resumption
 
@@ -126,11 +129,8 @@ def self_output(
     examples: Sequence[Example],
     generator: tuple[Any, Any, str],
     scorer: Any,
-    n_samples: int = 8,
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    max_new_tokens: int = 256,
-    seed: int = 0,
+    decoding: Decoding = DEFAULT_SELF_OUTPUT,
+    *,
     batch_size: int = 16,
     cache: Cache | None = None,
     timeout_s: float = 10.0,
@@ -140,12 +140,15 @@ def self_output(
     (rehearsals with stand-ins, which never answer correctly): the lowest-PPL answer whether correct or not.
 
     `generator` is (model, tokenizer, fingerprint) of the model that writes the answers; `scorer` maps a list of
-    Examples to scored examples under the base model (stmkit.scoring.score_examples bound to the base).
+    Examples to scored examples under the base model (stmkit.scoring.score_examples bound to the base);
+    `decoding` how the answers are sampled (generation.sampling: num_samples per problem, temperature, top_p,
+    max_new_tokens, seed).
     """
+    if not decoding.do_sample:
+        raise ValueError("Self-Output samples its answers: pass generation.sampling(n, temperature, top_p, ...)")
     cache = cache or Cache()
     model, tok, fp = generator
-    dec = sampling(n_samples, temperature, top_p, max_new_tokens, seed)
-    samples, wall = _sample_cached(model, tok, [ex.prompt for ex in examples], dec, fp, cache, batch_size,
+    samples, wall = _sample_cached(model, tok, [ex.prompt for ex in examples], decoding, fp, cache, batch_size,
                                    "Self-Output")
     flat_ex = [ex for ex, cs in zip(examples, samples, strict=True) for _ in cs]
     flat_text = [c.text for cs in samples for c in cs]
@@ -158,8 +161,8 @@ def self_output(
     chosen = pick_per_problem(examples, candidates, scorer, want_correct=None if keep_unverified else True)
     return GeneratedSet("Self-Output", chosen, candidates, len(examples), wall,
                         sum(c.tokens for c in candidates),
-                        {"n_samples": n_samples, "temperature": temperature, "top_p": top_p,
-                         **({"unverified": True} if keep_unverified else {})})
+                        {"n_samples": decoding.num_samples, "temperature": decoding.temperature,
+                         "top_p": decoding.top_p, **({"unverified": True} if keep_unverified else {})})
 
 
 def pick_per_problem(
@@ -185,22 +188,21 @@ def rephrase(
     task: str,
     examples: Sequence[Example],
     generator: tuple[Any, Any, str],
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    max_new_tokens: int = 256,
-    seed: int = 0,
+    decoding: Decoding = DEFAULT_REPHRASE,
+    *,
     batch_size: int = 16,
     cache: Cache | None = None,
     timeout_s: float = 10.0,
     keep_unverified: bool = False,
 ) -> GeneratedSet:
     """The model rewrites each ground truth given the instruction and the reference; rejected rewrites are dropped
-    (kept with keep_unverified: rehearsals with stand-ins)."""
+    (kept with keep_unverified: rehearsals with stand-ins). `decoding`: one sampled rewrite per problem."""
+    if not decoding.do_sample or decoding.num_samples != 1:
+        raise ValueError("Rephrase samples one rewrite per problem: pass generation.sampling(1, temperature, top_p, ...)")
     cache = cache or Cache()
     model, tok, fp = generator
     prompts = [REPHRASE_PROMPT.format(instruction=ex.prompt, reference_answer=ex.response) for ex in examples]
-    dec = sampling(1, temperature, top_p, max_new_tokens, seed)
-    samples, wall = _sample_cached(model, tok, prompts, dec, fp, cache, batch_size, "Rephrase")
+    samples, wall = _sample_cached(model, tok, prompts, decoding, fp, cache, batch_size, "Rephrase")
     texts = [cs[0].text for cs in samples]
     verdicts = check_answers(task, examples, texts, timeout_s)
     candidates = [Candidate(ex.id, 0, c[0].text, len(c[0].token_ids), ok)
@@ -208,7 +210,7 @@ def rephrase(
     kept = [replace(ex, response=t) for ex, t, ok in zip(examples, texts, verdicts, strict=True)
             if (ok or keep_unverified) and t.strip()]
     return GeneratedSet("Rephrase", kept, candidates, len(examples), wall, sum(c.tokens for c in candidates),
-                        {"temperature": temperature, "top_p": top_p, "prompt_version": PROMPT_VERSION,
+                        {"temperature": decoding.temperature, "top_p": decoding.top_p, "prompt_version": PROMPT_VERSION,
                          **({"unverified": True} if keep_unverified else {})})
 
 

@@ -63,13 +63,9 @@ def measure_self_bleu(
     tokenizer: Any,
     task: str = "math",
     n_items: int = 20,
-    n_samples: int = 4,
+    decoding: Any = None,
     *,
     fingerprint: str,
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    max_new_tokens: int = 256,
-    seed: int = 0,
     split: str = "test",
     source: str = "embedded",
     bird_dir: str | None = None,
@@ -78,7 +74,8 @@ def measure_self_bleu(
     cache: Cache | None = None,
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Sample n_samples answers to each of the first n_items questions of a task; Self-BLEU and accuracy.
+    """Sample decoding.num_samples answers (default: generation.sampling(4), the paper's 4 at T=0.7, top_p=0.95) to
+    each of the first n_items questions of a task; Self-BLEU and accuracy.
 
     Returns {"task", "n_items", "n_samples", "self_bleu" (mean over questions, 0-100), "self_bleu_sd" (population
     standard deviation over questions), "accuracy" (share of correct samples, by the task's checker), "wall_s"
@@ -102,13 +99,14 @@ def measure_self_bleu(
     resolve_mode(task_obj.name, "generate")  # a clear error for tasks without a checker for generated text
     if n_items < 1:
         raise ValueError(f"n_items must be at least 1 for Self-BLEU, got {n_items}")
-    if n_samples < 2:
-        raise ValueError(f"Self-BLEU needs n_samples >= 2 (each sample is compared with the others), got {n_samples}")
+    decoding = decoding or generation.sampling(4)
+    if not decoding.do_sample or decoding.num_samples < 2:
+        raise ValueError("Self-BLEU needs a sampling Decoding with num_samples >= 2 (each sample is compared with the "
+                         f"others), got {decoding}")
     items = load_task_items(task_obj.name, n_items, split, source, bird_dir)
     if not items:
         raise ValueError(f"task {task_obj.name} has no {split!r} items to sample from")
     cache = cache or Cache()
-    decoding = generation.sampling(n_samples, temperature, top_p, max_new_tokens, seed)
     answers = [(ex.id, ex.answer, list(ex.tests)) for ex in items]
     key = content_key(
         "self_bleu", DIVERSITY_VERSION, model=fingerprint, tokenizer=tokenizer_fingerprint(tokenizer),
@@ -116,8 +114,9 @@ def measure_self_bleu(
         bleu=BLEU_SETTINGS, sandbox_timeout_s=sandbox_timeout_s, prompt_version=PROMPT_VERSION,
         generation_version=generation.GENERATION_VERSION,
     )  # fmt: skip
-    settings = {"task": task_obj.name, "n_items": len(items), "n_samples": n_samples, "temperature": temperature,
-                "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
+    settings = {"task": task_obj.name, "n_items": len(items), "n_samples": decoding.num_samples,
+                "temperature": decoding.temperature, "top_p": decoding.top_p,
+                "max_new_tokens": decoding.max_new_tokens, "seed": decoding.seed}
     hit = cache.get("self_bleu", key)
     if hit is None:
         t0 = time.perf_counter()

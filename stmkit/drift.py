@@ -285,7 +285,9 @@ def _per_row(
     batches = length_sorted_batches([len(r[0]) for r in rows], batch_size, max_tokens)
     with torch.inference_mode():
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            kl, nb, nf = _token_stats(finetuned, base, [rows[i] for i in batch], pad_id, memo, (desc, tuple(batch)))
+            autocast = torch.is_autocast_enabled(next(finetuned.parameters()).device.type)  # memo apart per precision
+            kl, nb, nf = _token_stats(finetuned, base, [rows[i] for i in batch], pad_id, memo,
+                                      (desc, tuple(batch), autocast))
             start = 0
             for i in batch:
                 n = len(rows[i][0]) - rows[i][1]
@@ -314,6 +316,7 @@ def measure_drift(
     progress: bool = True,
     fingerprint: str | None = None,
     cache: Cache | None = None,
+    mixed_precision: str = "no",
 ) -> dict[str, dict[str, Any]]:
     """Drift of a fine-tuned model from its base on the reference answers, per task and overall ("all").
 
@@ -323,20 +326,34 @@ def measure_drift(
 
     fingerprint: the fine-tuned model's (evaluation.trained_model gives it); with it the result is cached by that
     fingerprint, the reference (which names the base) and the bootstrap settings, so a rerun costs nothing.
+    mixed_precision "bf16": both models' forward passes under bf16 autocast (fp32 weights; log-softmax and KL in
+    fp32): ~2x faster on a CPU with AMX, KL equal to fp32 within ~1% (make bench, bench_precision).
     """
+    import contextlib
+
+    import torch
+
     if not reference.items:
         raise ValueError("the drift reference has no prompts; record it with reference_responses(...) first")
+    if mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"mixed_precision={mixed_precision!r} must be 'no' or 'bf16'")
+    device = next(finetuned.parameters()).device.type
+    autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if mixed_precision == "bf16"
+                else contextlib.nullcontext())
     if fingerprint is None:
-        return _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples, seed,
-                        progress)
+        with autocast:
+            return _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples,
+                            seed, progress)
     cache = cache or Cache()
+    extra = {"mixed_precision": mixed_precision} if mixed_precision != "no" else {}  # earlier keys stay valid
     key = content_key("drift", DRIFT_VERSION, model=fingerprint, reference=reference.key, n_resamples=n_resamples,
-                      seed=seed)
+                      seed=seed, **extra)
     hit = cache.get("drift", key)
     if hit is not None:
         return json.loads((hit / "drift.json").read_text())
-    out = _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples, seed,
-                   progress)
+    with autocast:
+        out = _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples, seed,
+                       progress)
     with cache.put("drift", key, meta={"model": fingerprint, "reference": reference.key}) as tmp:
         (tmp / "drift.json").write_text(dumps_finite(out, f"drift of {fingerprint}"))
     return out

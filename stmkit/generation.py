@@ -228,19 +228,11 @@ def generate_texts(
     return [c[0].text for c in generate(model, tokenizer, prompts, greedy(max_new_tokens), **kw)]
 
 
-def sample_texts(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Prompt],
-    n: int,
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    max_new_tokens: int = 256,
-    seed: int = 0,
-    **kw: Any,
-) -> list[list[str]]:
-    """n sampled answers to each prompt, as text (seeded)."""
-    decoding = sampling(n, temperature, top_p, max_new_tokens, seed)
+def sample_texts(model: Any, tokenizer: Any, prompts: Sequence[Prompt], decoding: Decoding, **kw: Any) -> list[list[str]]:
+    """decoding.num_samples sampled answers to each prompt, as text (seeded by decoding.seed)."""
+    if not decoding.do_sample:
+        raise ValueError("sample_texts needs a sampling Decoding (generation.sampling(...)); for greedy answers use "
+                         "generate_texts")
     return [[c.text for c in cs] for cs in generate(model, tokenizer, prompts, decoding, **kw)]
 
 

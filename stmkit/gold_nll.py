@@ -145,7 +145,7 @@ def measure_model(
         task = parse_task_spec(spec)[0]
         items = gold_items(tokenizer, task, n, source=source)
         nll = gold_nll(model, tokenizer, items, fingerprint=fingerprint, cache=cache, batch_size=eval_cfg.batch_size,
-                       progress=progress, mixed_precision=eval_cfg.gold_mixed_precision)
+                       progress=progress, mixed_precision=eval_cfg.measures_mixed_precision)
         entry: dict[str, Any] = {"mean": float(np.mean(list(nll.values()))), "n": len(nll),
                                  "role": "target" if task == target else "non-target"}
         if out_dir is not None:

@@ -387,3 +387,32 @@ def probability_entropy_plane(sources: Mapping[str, Sequence[Scored]], tau: floa
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def forgetting_curve(rows: Sequence[Mapping[str, Any]], title: str = "") -> Any:
+    """Where forgetting appears (stmkit.forgetting_curve rows): one panel per measure, estimate and 95% interval over
+    optimizer steps (log scale), one line per training run."""
+    import matplotlib.pyplot as plt
+
+    from .forgetting_curve import MEASURES
+
+    measures = [m for m in MEASURES if any(r["measure"] == m for r in rows)]
+    fig, axes = plt.subplots(1, max(len(measures), 1), figsize=(5.5 * max(len(measures), 1), 3.6), squeeze=False)
+    for ax, measure in zip(axes[0], measures, strict=False):
+        for run in sorted({r["run"] for r in rows}):
+            pts = [r for r in rows if r["run"] == run and r["measure"] == measure]
+            if not pts:
+                continue
+            steps = [r["step"] for r in pts]
+            ax.plot(steps, [r["estimate"] for r in pts], marker="o", label=run)
+            ax.fill_between(steps, [r["ci_low"] for r in pts], [r["ci_high"] for r in pts], alpha=0.15)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("optimizer step (log scale)")
+        ax.set_ylabel(MEASURES[measure])
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+

@@ -1245,6 +1245,9 @@ def write_report(ctx: Context, sections: list[Section]) -> tuple[Path, Path]:
         "",
     ]
     lines += [_verdict_markdown(ctx, ", ".join(models) or "no model"), ""]
+    curve = _forgetting_curve_markdown(ctx)
+    if curve:
+        lines += [curve, ""]
     lines += [
         f"{len(made)} of {len(sections)} paper tables and figures made; the rest say what they need.",
         "",
@@ -1289,6 +1292,33 @@ def write_report(ctx: Context, sections: list[Section]) -> tuple[Path, Path]:
         "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style>\n" + html,
     )
     return md_path, html_path
+
+
+def _forgetting_curve_markdown(ctx: Context) -> str:
+    """"Where forgetting appears" when an evaluation scored training checkpoints (profile cpu-curve), else ""."""
+    import matplotlib.pyplot as plt
+
+    from . import forgetting_curve
+    from .plots import forgetting_curve as curve_figure
+    from .plots import save_figure
+
+    evaluate = list(ctx.by_stage("evaluate").values())
+    final_steps = {name: info["record"]["results"].get("training", {}).get("steps") for name, info in _sft(ctx).items()}
+    rows = forgetting_curve.curve_rows(evaluate, {k: v for k, v in final_steps.items() if v})
+    if not any(r["step"] != final_steps.get(r["run"]) for r in rows):  # no checkpoint was evaluated
+        return ""
+    table = pd.DataFrame(rows)
+    save_table(table, "forgetting_curve", ctx.tables_dir, "Measures over training steps (profile cpu-curve).")
+    fig = curve_figure(rows, "Where forgetting appears (one seed; 95% intervals over items)")
+    files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, "forgetting_curve", ctx.figures_dir)]
+    plt.close(fig)
+    lines = ["## Where forgetting appears: measures over training steps", "",
+             "Each training run's checkpoints evaluated like final models (one seed; intervals over items, so they "
+             "understate run-to-run variation). Gold-answer NLL rise over the base is loss of ability; KL drift is "
+             "distance from the base.", ""]
+    lines += [f"- {line}" for line in forgetting_curve.describe(rows, "gold_nll")]
+    lines += ["", f"![forgetting curve]({files[0]})", "", to_markdown(table.round(4)), ""]
+    return "\n".join(lines)
 
 
 def _verdict_markdown(ctx: Context, model: str) -> str:

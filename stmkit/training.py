@@ -364,8 +364,10 @@ class _RowCollator:
         return self.inner([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
 
 
-def _callbacks(trainer: Any, out: Path, every_steps: int, every_epochs: float, has_eval: bool, save: Any) -> Any:
+def _callbacks(trainer: Any, out: Path, cfg: TrainingConfig, has_eval: bool, save: Any) -> Any:
     from transformers import TrainerCallback
+
+    every_steps, every_epochs, at_steps = cfg.save_every_steps, cfg.save_every_epochs, set(cfg.save_at_steps)
 
     class Checkpoints(TrainerCallback):
         """Save the adapter (not optimizer state) and evaluate at fixed steps and at each epoch end."""
@@ -388,10 +390,11 @@ def _callbacks(trainer: Any, out: Path, every_steps: int, every_epochs: float, h
             self.step_times.append(time.perf_counter() - self.t0)  # forward, backward and optimizer of one step
             step = state.global_step
             epoch_end = step % self.per_epoch == 0
-            if (self.every and step % self.every == 0) or epoch_end or step == state.max_steps:
+            scheduled = (self.every and step % self.every == 0) or step in at_steps
+            if scheduled or epoch_end or step == state.max_steps:
                 if has_eval:
                     control.should_evaluate = True
-            if self.every and step % self.every == 0 and step < state.max_steps:
+            if scheduled and step < state.max_steps:
                 rel = f"checkpoints/step-{step:06d}"
                 save(trainer, out / rel)
                 self.saved.append({"step": step, "epoch": round(step / self.per_epoch, 4), "dir": rel})
@@ -465,6 +468,8 @@ def training_key(cfg: TrainingConfig, data_fp: str, eval_fp: str | None, model_f
         config.pop("loss")
     if cfg.mixed_precision == "no":  # joined later too; the precision string carries it otherwise
         config.pop("mixed_precision")
+    if not cfg.save_at_steps:
+        config.pop("save_at_steps")
     return content_key(
         "adapter", TRAINING_VERSION, config=config, data=data_fp, eval=eval_fp, model=model_fp, seed=seed,
         precision=precision, world_size=world_size, **extra,
@@ -686,7 +691,7 @@ def _train_into(
                      progress, counts["examples"], init[0] if init else None)
     collator = trainer.data_collator
     eval_rows = trainer.eval_dataset
-    ckpt = _callbacks(trainer, folder, cfg.save_every_steps, cfg.save_every_epochs, eval_rows is not None, _save)
+    ckpt = _callbacks(trainer, folder, cfg, eval_rows is not None, _save)
     trainer.add_callback(ckpt)
     initial = []
     if eval_rows is not None:  # epoch 0: the base model's validation loss (Figures 4 and 7 start there)

@@ -129,3 +129,11 @@ def test_checkpoint_accuracy_on_the_tiny_model(tiny, tmp_path, monkeypatch):
     assert [ax.get_title() for ax in fig.axes] == ["gsm8k (test)", "arc_easy (test)"]
     with pytest.raises(TypeError, match="list of task specs"):
         curves.checkpoint_accuracy(base, tok, run_results, "gsm8k", 2, **kw)
+
+
+def test_checkpoint_models_are_evaluable_models_named_by_step(tmp_path):
+    entry, run_results = _entry(tmp_path, steps=(1, 2), final_step=4)
+    models = curves.checkpoint_models("sft-gt", run_results)
+    assert list(models) == ["sft-gt@step1", "sft-gt@step2"]  # the final model is the run itself
+    assert models["sft-gt@step2"] == {"adapter_dir": str(entry / "checkpoints" / "step-000002"), "step": 2,
+                                      "epoch": 0.5, "of_run": "sft-gt"}

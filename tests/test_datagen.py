@@ -8,7 +8,7 @@ import pytest
 
 from stmkit import datagen
 from stmkit.cache import Cache
-from stmkit.generation import Completion
+from stmkit.generation import Completion, sampling
 from stmkit.scoring import Scored
 from stmkit.tasks import load
 
@@ -63,18 +63,18 @@ def test_self_output_keeps_lowest_ppl_correct_and_drops_unsolved(monkeypatch, tm
     calls = []
     monkeypatch.setattr(datagen, "generate", _fake_generate(calls))
     cache = Cache(tmp_path)
-    s = datagen.self_output("mbpp", PROBLEMS, (None, None, "fp"), _fake_scorer, n_samples=3, cache=cache)
+    s = datagen.self_output("mbpp", PROBLEMS, (None, None, "fp"), _fake_scorer, sampling(3), cache=cache)
     assert s.problems == 3 and [e.id for e in s.examples] == [p.id for p in PROBLEMS[:2]]
     for e, p in zip(s.examples, PROBLEMS, strict=False):
         assert e.response == p.response and e.prompt == p.prompt  # the shorter (lower-PPL) correct answer
     assert s.stats["samples"] == 9 and s.stats["samples_correct"] == 4 and s.stats["kept_share"] == pytest.approx(2 / 3)
-    again = datagen.self_output("mbpp", PROBLEMS, (None, None, "fp"), _fake_scorer, n_samples=3, cache=cache)
+    again = datagen.self_output("mbpp", PROBLEMS, (None, None, "fp"), _fake_scorer, sampling(3), cache=cache)
     assert len(calls) == 1 and [e.response for e in again.examples] == [e.response for e in s.examples]
 
 
 def test_correctness_ablation_shares(monkeypatch, tmp_path):
     monkeypatch.setattr(datagen, "generate", _fake_generate([]))
-    s = datagen.self_output("mbpp", PROBLEMS, (None, None, "fp"), _fake_scorer, n_samples=3, cache=Cache(tmp_path))
+    s = datagen.self_output("mbpp", PROBLEMS, (None, None, "fp"), _fake_scorer, sampling(3), cache=Cache(tmp_path))
     all_bad = datagen.correctness_set(PROBLEMS, s.candidates, _fake_scorer, 0.0)
     assert all_bad.info["correct_kept"] == 0 and all(e.response in ("garbage", "x") for e in all_bad.examples)
     all_good = datagen.correctness_set(PROBLEMS, s.candidates, _fake_scorer, 1.0)

@@ -93,8 +93,9 @@ def test_self_bleu_needs_several_samples():
 
 def test_measure_self_bleu_on_the_tiny_model(tiny, tmp_path, monkeypatch):
     model, tok = tiny
-    kw = {"fingerprint": "tiny-fp", "max_new_tokens": 8, "cache": Cache(tmp_path / "cache")}
-    first = diversity.measure_self_bleu(model, tok, "math", 3, 2, out_dir=tmp_path / "out", **kw)
+    kw = {"fingerprint": "tiny-fp", "cache": Cache(tmp_path / "cache")}
+    two = generation.sampling(2, max_new_tokens=8)
+    first = diversity.measure_self_bleu(model, tok, "math", 3, two, out_dir=tmp_path / "out", **kw)
     assert {"task", "n_items", "n_samples", "self_bleu", "self_bleu_sd", "accuracy", "wall_s"} <= set(first)
     assert (first["task"], first["n_items"], first["n_samples"], first["cached"]) == ("math", 3, 2, False)
     assert 0 <= first["self_bleu"] <= 100 and first["self_bleu_sd"] >= 0 and 0 <= first["accuracy"] <= 1
@@ -105,7 +106,7 @@ def test_measure_self_bleu_on_the_tiny_model(tiny, tmp_path, monkeypatch):
     assert records[0]["self_bleu"] == pytest.approx(diversity.self_bleu(records[0]["samples"]))
 
     # Seeded: the same settings in a fresh cache give the same samples.
-    fresh = diversity.measure_self_bleu(model, tok, "math", 3, 2, **{**kw, "cache": Cache(tmp_path / "other")})
+    fresh = diversity.measure_self_bleu(model, tok, "math", 3, two, **{**kw, "cache": Cache(tmp_path / "other")})
     assert fresh["self_bleu"] == first["self_bleu"] and fresh["key"] == first["key"]
 
     def boom(*a, **k):
@@ -113,13 +114,13 @@ def test_measure_self_bleu_on_the_tiny_model(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(generation, "generate", boom)
     monkeypatch.setattr("stmkit.datagen.generate", boom)
-    again = diversity.measure_self_bleu(model, tok, "math", 3, 2, **kw)
+    again = diversity.measure_self_bleu(model, tok, "math", 3, two, **kw)
     assert again["cached"] and again["key"] == first["key"] and again["self_bleu"] == first["self_bleu"]
     assert again["wall_s"] == first["wall_s"]  # the cost when it was computed, not the cache hit's
     with pytest.raises(AssertionError, match="must not sample"):  # another seed: a new entry
-        diversity.measure_self_bleu(model, tok, "math", 3, 2, seed=1, **kw)
+        diversity.measure_self_bleu(model, tok, "math", 3, generation.sampling(2, max_new_tokens=8, seed=1), **kw)
     with pytest.raises(AssertionError, match="must not sample"):  # another model: a new entry
-        diversity.measure_self_bleu(model, tok, "math", 3, 2, **{**kw, "fingerprint": "other-fp"})
+        diversity.measure_self_bleu(model, tok, "math", 3, two, **{**kw, "fingerprint": "other-fp"})
 
 
 def test_measure_self_bleu_accuracy_is_the_share_of_correct_samples(tiny, tmp_path, monkeypatch):
@@ -134,19 +135,19 @@ def test_measure_self_bleu_accuracy_is_the_share_of_correct_samples(tiny, tmp_pa
         return out
 
     monkeypatch.setattr("stmkit.tasks.registry.score", first_sample_correct)
-    res = diversity.measure_self_bleu(model, tok, "gsm8k", 2, 3, fingerprint="tiny-fp", max_new_tokens=4,
+    res = diversity.measure_self_bleu(model, tok, "gsm8k", 2, generation.sampling(3, max_new_tokens=4), fingerprint="tiny-fp",
                                       cache=Cache(tmp_path))
     assert res["accuracy"] == pytest.approx(1 / 3)
 
 
 def test_measure_self_bleu_refuses_bad_settings(tiny, tmp_path):
     model, tok = tiny
-    with pytest.raises(ValueError, match="n_samples >= 2"):
-        diversity.measure_self_bleu(model, tok, "math", 2, 1, fingerprint="x", cache=Cache(tmp_path))
+    with pytest.raises(ValueError, match="num_samples >= 2"):
+        diversity.measure_self_bleu(model, tok, "math", 2, generation.sampling(1), fingerprint="x", cache=Cache(tmp_path))
     with pytest.raises(ValueError, match="without ':loglik'"):
-        diversity.measure_self_bleu(model, tok, "arc_easy:loglik", 2, 2, fingerprint="x", cache=Cache(tmp_path))
+        diversity.measure_self_bleu(model, tok, "arc_easy:loglik", 2, generation.sampling(2), fingerprint="x", cache=Cache(tmp_path))
     with pytest.raises(KeyError, match="unknown task"):
-        diversity.measure_self_bleu(model, tok, "maths", 2, 2, fingerprint="x", cache=Cache(tmp_path))
+        diversity.measure_self_bleu(model, tok, "maths", 2, generation.sampling(2), fingerprint="x", cache=Cache(tmp_path))
 
 
 def test_self_bleu_table_layout():

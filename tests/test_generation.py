@@ -80,9 +80,9 @@ def test_completions_stop_at_end_of_turn(tiny, prompts):
 def test_sampling_is_seeded_and_leaves_the_global_rng_alone(tiny):
     model, tok = tiny
     state = torch.get_rng_state()
-    a = sample_texts(model, tok, SHORT, n=3, max_new_tokens=12, seed=1, progress=False)
-    b = sample_texts(model, tok, SHORT, n=3, max_new_tokens=12, seed=1, progress=False)
-    c = sample_texts(model, tok, SHORT, n=3, max_new_tokens=12, seed=2, progress=False)
+    a = sample_texts(model, tok, SHORT, sampling(3, max_new_tokens=12, seed=1), progress=False)
+    b = sample_texts(model, tok, SHORT, sampling(3, max_new_tokens=12, seed=1), progress=False)
+    c = sample_texts(model, tok, SHORT, sampling(3, max_new_tokens=12, seed=2), progress=False)
     assert torch.equal(state, torch.get_rng_state())
     assert a == b and a != c
     assert [len(x) for x in a] == [3, 3, 3]

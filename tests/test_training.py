@@ -257,7 +257,7 @@ def test_init_adapter_is_merged_before_training_and_keys_the_cache(tiny, scored,
     assert training.init_adapter_of(second.adapter_dir) == first.adapter_dir.resolve()
     # without an init adapter the key is what it always was (cached adapters stay valid; the loss settings, added
     # later, stay out of it at their defaults)
-    later = ("loss", "eaft_top_k", "eaft_alpha", "mixed_precision")
+    later = ("loss", "eaft_top_k", "eaft_alpha", "mixed_precision", "save_at_steps")
     before = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in later}
     old = content_key("adapter", training.TRAINING_VERSION, config=before, data="d", eval=None,
                       model="m", seed=0, precision="cpu:float32", world_size=1)
@@ -508,7 +508,7 @@ def test_sibling_methods_set_their_rule_and_loss_and_keep_old_cache_keys():
     assert len(set(keys.values())) == 3
     # the loss settings joined the config later: at their defaults the key is the one computed before them
     from stmkit.cache import content_key
-    later = ("loss", "eaft_top_k", "eaft_alpha", "mixed_precision")
+    later = ("loss", "eaft_top_k", "eaft_alpha", "mixed_precision", "save_at_steps")
     old = {k: v for k, v in dataclasses.asdict(BASE).items() if k not in later}
     assert keys["nll"] == content_key("adapter", training.TRAINING_VERSION, config=old, data="d", eval=None,
                                       model="m", seed=0, precision="cpu:float32", world_size=1)
