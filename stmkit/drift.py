@@ -337,11 +337,13 @@ def measure_drift(
         raise ValueError("the drift reference has no prompts; record it with reference_responses(...) first")
     if mixed_precision not in ("no", "bf16"):
         raise ValueError(f"mixed_precision={mixed_precision!r} must be 'no' or 'bf16'")
-    device = next(finetuned.parameters()).device.type
-    autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if mixed_precision == "bf16"
-                else contextlib.nullcontext())
+    def autocast() -> Any:  # built on use: a cache hit needs no model
+        if mixed_precision == "no":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=next(finetuned.parameters()).device.type, dtype=torch.bfloat16)
+
     if fingerprint is None:
-        with autocast:
+        with autocast():
             return _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples,
                             seed, progress)
     cache = cache or Cache()
@@ -351,7 +353,7 @@ def measure_drift(
     hit = cache.get("drift", key)
     if hit is not None:
         return json.loads((hit / "drift.json").read_text())
-    with autocast:
+    with autocast():
         out = _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples, seed,
                        progress)
     with cache.put("drift", key, meta={"model": fingerprint, "reference": reference.key}) as tmp:

@@ -66,7 +66,7 @@ def curve_rows(evaluate_records: Sequence[Mapping[str, Any]], final_steps: Mappi
                 if len(items) < 2:
                     continue
                 est = crossed_interval(np.array([list(items.values())]))
-                rows.append({"run": where[0], "step": where[1], "measure": measure, "estimate": est.estimate,
+                rows.append({"run": where[0], "step": where[1], "measure": measure, "estimate": est.mean,
                              "ci_low": est.low, "ci_high": est.high, "items": len(items)})
     return sorted(rows, key=lambda r: (r["run"], r["measure"], r["step"]))
 

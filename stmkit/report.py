@@ -1304,7 +1304,10 @@ def _forgetting_curve_markdown(ctx: Context) -> str:
 
     evaluate = list(ctx.by_stage("evaluate").values())
     final_steps = {name: info["record"]["results"].get("training", {}).get("steps") for name, info in _sft(ctx).items()}
-    rows = forgetting_curve.curve_rows(evaluate, {k: v for k, v in final_steps.items() if v})
+    try:
+        rows = forgetting_curve.curve_rows(evaluate, {k: v for k, v in final_steps.items() if v})
+    except Exception as exc:  # a bug or a moved results folder: say so in its place, never lose the report
+        return f"## Where forgetting appears\n\nNot computed: `{type(exc).__name__}: {exc}`."
     if not any(r["step"] != final_steps.get(r["run"]) for r in rows):  # no checkpoint was evaluated
         return ""
     table = pd.DataFrame(rows)
