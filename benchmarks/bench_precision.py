@@ -6,8 +6,8 @@ result less than the seed does: final training loss, ||ΔW|| and the gold-answer
 differ less between fp32 and bf16 (same seed) than between the two fp32 seeds. The forgetting measures themselves
 under bf16 autocast (eval.measures_mixed_precision) are compared with fp32: gold-answer NLL on the base model, KL
 drift of the fp32 seed-0 adapter (40 prompts): speed and agreement of the means.
-Goals: bf16 training step <= 0.85x fp32; precision differences < seed differences; gold NLL means within 0.005;
-KL drift within 2% of fp32.
+Goals: precision differences < seed differences; gold NLL means within 0.005; KL drift within 2% of fp32. The
+training step's speed is bench_training's (bf16 and fp32 steps interleaved on one batch, so outside load hits both).
 """
 
 from __future__ import annotations
@@ -63,10 +63,10 @@ def run() -> dict:
                 t0 = time.perf_counter()
                 kl[mixed] = (drift.measure_drift(tuned, tok, reference, base=model, batch_size=32, progress=False,
                                                  mixed_precision=mixed)["all"]["kl"], time.perf_counter() - t0)
-        out[arm] = {"s_per_step": res.record["s_per_step"], "final_train_loss": res.record["final_train_loss"],
+        out[arm] = {"final_train_loss": res.record["final_train_loss"],
                     "delta_w": weights.summarize_trained(res.adapter_dir)["total"],
                     "gold_nll_rise": float(np.mean([nll[k] - base_nll[k] for k in base_nll]))}
-        print(f"   {arm}: {out[arm]['s_per_step']:.2f} s/step, loss {out[arm]['final_train_loss']:.4f}, "
+        print(f"   {arm}: loss {out[arm]['final_train_loss']:.4f}, "
               f"||ΔW|| {out[arm]['delta_w']:.4f}, gold NLL rise {out[arm]['gold_nll_rise']:+.4f}", flush=True)
 
     def diff(a: str, b: str, key: str) -> float:
@@ -78,7 +78,6 @@ def run() -> dict:
     gold_mean_diff = float(np.mean([base_bf16[k] - base_nll[k] for k in base_nll]))
     res = {
         "arms": out,
-        "ratio_bf16_vs_fp32_step": out["bf16 s0"]["s_per_step"] / out["fp32 s0"]["s_per_step"],
         "precision_difference": precision,
         "seed_difference": seed,
         "gold_nll_bf16_vs_fp32": {"mean_difference": gold_mean_diff, "speedup": t_fp32 / t_bf16,
@@ -88,12 +87,10 @@ def run() -> dict:
                                   "speedup": kl["no"][1] / kl["bf16"][1]},
     }
     res["goals"] = {
-        "bf16 step <= 0.85x fp32": res["ratio_bf16_vs_fp32_step"] <= 0.85,
         **{f"precision < seed difference: {k}": precision[k] < seed[k] for k in keys},
         "gold NLL bf16 mean within 0.005 of fp32": abs(gold_mean_diff) <= 0.005,
         "KL drift bf16 within 2% of fp32": abs(res["kl_drift_bf16_vs_fp32"]["relative_difference"]) <= 0.02,
     }
-    print(f"   bf16 / fp32 training step   {res['ratio_bf16_vs_fp32_step']:.3f}x  (goal <= 0.85)")
     for k in keys:
         print(f"   |bf16 - fp32| {k:18s} {precision[k]:.4f}   |seed 1 - seed 0| {seed[k]:.4f}")
     g = res["gold_nll_bf16_vs_fp32"]

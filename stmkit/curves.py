@@ -37,10 +37,9 @@ class Checkpoint:
 
 def checkpoint_models(name: str, run_results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Each intermediate checkpoint of a training run as a model 05_evaluate can evaluate like a final one:
-    {"<run>@step<N>": {adapter_dir or model_dir: folder, "step": N, "epoch": ..., "of_run": run}} (final excluded:
-    it is the run itself). The forgetting curve (SWEEP=cpu-demo-curve) evaluates every measure at each of them."""
-    return {f"{name}@step{p.step}": {p.kind: str(p.path), "step": p.step, "epoch": p.epoch, "of_run": name}
-            for p in list_checkpoints(run_results) if not p.final}
+    {"<run>@step<N>": {adapter_dir or model_dir: folder}} (the final model is the run itself). The forgetting curve
+    (PROFILE=cpu-curve) evaluates every measure at each of them."""
+    return {f"{name}@step{p.step}": {p.kind: str(p.path)} for p in list_checkpoints(run_results) if not p.final}
 
 
 def _step_of(folder: Path) -> int:

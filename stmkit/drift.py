@@ -283,9 +283,9 @@ def _per_row(
 
     out: list[tuple[float, float, float] | None] = [None] * len(rows)
     batches = length_sorted_batches([len(r[0]) for r in rows], batch_size, max_tokens)
+    autocast = torch.is_autocast_enabled(next(finetuned.parameters()).device.type)  # the base memo, per precision
     with torch.inference_mode():
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-            autocast = torch.is_autocast_enabled(next(finetuned.parameters()).device.type)  # memo apart per precision
             kl, nb, nf = _token_stats(finetuned, base, [rows[i] for i in batch], pad_id, memo,
                                       (desc, tuple(batch), autocast))
             start = 0
@@ -330,21 +330,14 @@ def measure_drift(
     fp32): ~2.5x faster on a CPU with AMX; KL comes out 2-5% lower than in fp32 (bench_precision: -4.8% on one
     adapter; -1.8% on the default's ground-truth runs), far inside seed-to-seed variation but not equal.
     """
-    import contextlib
-
-    import torch
+    from .lm import MIXED_PRECISIONS, autocast
 
     if not reference.items:
         raise ValueError("the drift reference has no prompts; record it with reference_responses(...) first")
-    if mixed_precision not in ("no", "bf16"):
-        raise ValueError(f"mixed_precision={mixed_precision!r} must be 'no' or 'bf16'")
-    def autocast() -> Any:  # built on use: a cache hit needs no model
-        if mixed_precision == "no":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=next(finetuned.parameters()).device.type, dtype=torch.bfloat16)
-
+    if mixed_precision not in MIXED_PRECISIONS:
+        raise ValueError(f"mixed_precision={mixed_precision!r} must be one of {MIXED_PRECISIONS}")
     if fingerprint is None:
-        with autocast():
+        with autocast(finetuned, mixed_precision):
             return _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples,
                             seed, progress)
     cache = cache or Cache()
@@ -354,7 +347,7 @@ def measure_drift(
     hit = cache.get("drift", key)
     if hit is not None:
         return json.loads((hit / "drift.json").read_text())
-    with autocast():
+    with autocast(finetuned, mixed_precision):
         out = _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples, seed,
                        progress)
     with cache.put("drift", key, meta={"model": fingerprint, "reference": reference.key}) as tmp:
@@ -429,6 +422,12 @@ def _measure(
     out["all"]["n_prompts"] = len(reference.items)
     out["all"]["n_tokens"] = int(sum(out[t]["n_tokens"] for t in reference.tasks))
     return out
+
+
+def per_prompt_kl(result: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """One model's KL per reference prompt from a measure_drift result, keyed "task:prompt id"."""
+    return {f"{t}:{k}": float(v) for t, e in result.items() if t != "all"
+            for k, v in (e.get("per_prompt_kl") or {}).items()}
 
 
 def drift_table(drifts: dict[str, dict[str, dict[str, Any]]], metric: str = "kl") -> Any:

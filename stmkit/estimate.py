@@ -38,10 +38,10 @@ def calibrate(seconds: float = 2.0, size: int = 512, trials: int = 5) -> float:
 
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)  # warm-up: thread pool, caches
-    best = 0.0
-    for _ in range(max(1, trials)):
+    best, trials = 0.0, max(1, trials)
+    for _ in range(trials):
         n, t0 = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - t0) < seconds / max(1, trials):
+        while (elapsed := time.perf_counter() - t0) < seconds / trials:
             torch.mm(a, b)
             n += 1
         best = max(best, 2.0 * size**3 * n / elapsed / 1e9)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import gold_nll
+from .drift import per_prompt_kl
 from .power import crossed_interval
 
 MEASURES = {"gold_nll": "gold-answer NLL rise, non-target (nats/token)", "kl": "KL drift from the base (nats/token)"}
@@ -33,17 +34,10 @@ def split_label(label: str, final_steps: Mapping[str, int]) -> tuple[str, int] |
     return None
 
 
-def _gold_items(entry: Mapping[str, Any]) -> dict[str, float]:
-    """Per-item gold NLL of one model over its non-target tasks, keyed task:item."""
-    out = {}
-    for task, e in entry.items():
-        if e.get("role") == "non-target" and e.get("path"):
-            out.update({f"{task}:{k}": v for k, v in gold_nll.load_per_item(e).items()})
-    return out
-
-
-def _kl_items(entry: Mapping[str, Any]) -> dict[str, float]:
-    return {f"{t}:{k}": float(v) for t, e in entry.items() if t != "all" for k, v in (e.get("per_prompt_kl") or {}).items()}
+def has_checkpoints(evaluate_records: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any evaluation scored a training checkpoint ("<run>@step<N>"), i.e. there is a curve to draw."""
+    return any(_AT_STEP.match(label) for rec in evaluate_records for key in ("gold_nll", "drift")
+               for label in (rec.get("results", {}).get(key) or {}))
 
 
 def curve_rows(evaluate_records: Sequence[Mapping[str, Any]], final_steps: Mapping[str, int]) -> list[dict[str, Any]]:
@@ -51,17 +45,16 @@ def curve_rows(evaluate_records: Sequence[Mapping[str, Any]], final_steps: Mappi
     rows = []
     for rec in evaluate_records:
         res = rec.get("results", {})
-        gold, drift = res.get("gold_nll") or {}, res.get("drift") or {}
-        base_gold = _gold_items(gold.get("Original", {}))
-        for label in sorted(set(gold) | set(drift)):
+        gold, drift_results = res.get("gold_nll") or {}, res.get("drift") or {}
+        base_gold = gold_nll.items_by_role(gold.get("Original", {})).get("non-target", {})
+        for label in sorted(set(gold) | set(drift_results)):
             where = split_label(label, final_steps)
             if where is None:
                 continue
-            per_measure = {"kl": _kl_items(drift.get(label, {}))}
-            tuned = _gold_items(gold.get(label, {}))
+            per_measure = {"kl": per_prompt_kl(drift_results.get(label, {}))}
+            tuned = gold_nll.items_by_role(gold.get(label, {})).get("non-target", {})
             if base_gold and tuned:
-                keys = sorted(set(tuned) & set(base_gold))
-                per_measure["gold_nll"] = {k: tuned[k] - base_gold[k] for k in keys}
+                per_measure["gold_nll"] = gold_nll.nll_rise(tuned, base_gold)
             for measure, items in per_measure.items():
                 if len(items) < 2:
                     continue

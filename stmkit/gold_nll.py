@@ -76,18 +76,15 @@ def gold_nll(
 ) -> dict[str, float]:
     """{item id: mean NLL per reference-answer token} for one model; cached by model fingerprint and the items.
 
-    mixed_precision "bf16": the forward passes run under bf16 autocast (fp32 weights). On a CPU with AMX about 2.9x
+    mixed_precision "bf16": the forward passes run under bf16 autocast (fp32 weights). On a CPU with AMX 2.6-3.7x
     faster; per-task means agree with fp32 to ~1e-3 nats/token (`make bench`, bench_precision)."""
-    import contextlib
-
-    import torch
-
+    from .lm import MIXED_PRECISIONS, autocast
     from .scoring import Rendered, score_rendered
 
     if not items:
         raise ValueError("no items to measure gold-answer NLL on")
-    if mixed_precision not in ("no", "bf16"):
-        raise ValueError(f"mixed_precision={mixed_precision!r} must be 'no' or 'bf16'")
+    if mixed_precision not in MIXED_PRECISIONS:
+        raise ValueError(f"mixed_precision={mixed_precision!r} must be one of {MIXED_PRECISIONS}")
     cache = cache or Cache()
     extra = {"mixed_precision": mixed_precision} if mixed_precision != "no" else {}  # earlier keys stay valid
     key = content_key("gold_nll", GOLD_NLL_VERSION, model=fingerprint,
@@ -98,10 +95,7 @@ def gold_nll(
     rows = [Rendered(f"{it.task} item {it.id!r}", [*it.prompt_ids, *it.answer_ids], len(it.prompt_ids))
             for it in items]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device.type
-    autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if mixed_precision == "bf16"
-                else contextlib.nullcontext())
-    with autocast:
+    with autocast(model, mixed_precision):
         scored = score_rendered(model, rows, pad, batch_size, max_tokens_per_batch, progress)  # refuses non-finite
     nll = {it.id: -float(np.mean(s.logprobs)) for it, s in zip(items, scored, strict=True)}
     with cache.put("gold_nll", key, meta={"n": len(items), "model": fingerprint}) as tmp:
@@ -161,6 +155,19 @@ def load_per_item(entry: dict[str, Any]) -> dict[str, float]:
     from pathlib import Path
 
     return json.loads(Path(entry["path"]).read_text())
+
+
+def items_by_role(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """One model's per-item values from its measure_model entries, keyed "task:item", split by role ("target",
+    "non-target"); an entry whose per-item file is gone is left out (its measure then counts as missing)."""
+    from pathlib import Path
+
+    out: dict[str, dict[str, float]] = {}
+    for task, entry in tasks.items():
+        if entry.get("path") and Path(entry["path"]).is_file():
+            out.setdefault(entry.get("role", "non-target"), {}).update(
+                {f"{task}:{k}": v for k, v in load_per_item(entry).items()})
+    return out
 
 
 def summary_table(gold: dict[str, dict[str, dict[str, Any]]]) -> Any:

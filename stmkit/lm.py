@@ -13,6 +13,21 @@ from collections.abc import Sequence
 from typing import Any
 
 IGNORE = -100  # a label that is not trained (prompt, padding, masked tokens): the value TRL and transformers use
+MIXED_PRECISIONS = ("no", "bf16")
+
+
+def autocast(model: Any, mixed_precision: str) -> Any:
+    """The context forward passes of `model` run in: bf16 autocast on the model's device (fp32 weights; softmaxes stay
+    fp32) for mixed_precision "bf16", nothing for "no". Call it where the passes run: a cache hit needs no model."""
+    import contextlib
+
+    import torch
+
+    if mixed_precision not in MIXED_PRECISIONS:
+        raise ValueError(f"mixed_precision={mixed_precision!r} must be one of {MIXED_PRECISIONS}")
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16)
 
 
 def pad(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[Any, Any]:

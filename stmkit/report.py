@@ -1303,13 +1303,13 @@ def _forgetting_curve_markdown(ctx: Context) -> str:
     from .plots import save_figure
 
     evaluate = list(ctx.by_stage("evaluate").values())
+    if not forgetting_curve.has_checkpoints(evaluate):  # the usual case: nothing to read
+        return ""
     final_steps = {name: info["record"]["results"].get("training", {}).get("steps") for name, info in _sft(ctx).items()}
     try:
         rows = forgetting_curve.curve_rows(evaluate, {k: v for k, v in final_steps.items() if v})
     except Exception as exc:  # a bug or a moved results folder: say so in its place, never lose the report
         return f"## Where forgetting appears\n\nNot computed: `{type(exc).__name__}: {exc}`."
-    if not any(r["step"] != final_steps.get(r["run"]) for r in rows):  # no checkpoint was evaluated
-        return ""
     table = pd.DataFrame(rows)
     save_table(table, "forgetting_curve", ctx.tables_dir, "Measures over training steps (profile cpu-curve).")
     fig = curve_figure(rows, "Where forgetting appears (one seed; 95% intervals over items)")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import verdict
+from . import drift, gold_nll, verdict
 from .tables import save_table, to_markdown
 
 ARM_OF_METHOD = {"gt": "ground truth", "stm": "STM", "random": "random", "low": "low", "dft": "DFT", "eaft": "EAFT",
@@ -81,16 +81,13 @@ def collect(sft: dict[str, dict[str, Any]], evaluate_records: list[dict[str, Any
                 if values:
                     data.items.setdefault((label, key), {}).update(values)
         for label, tasks in (res.get("drift") or {}).items():
-            kl = {f"{t}:{k}": v for t, e in tasks.items() if t != "all" for k, v in (e.get("per_prompt_kl") or {}).items()}
+            kl = drift.per_prompt_kl(tasks)
             if kl:
                 data.items.setdefault((label, "kl"), {}).update(kl)
         for label, tasks in (res.get("gold_nll") or {}).items():
-            for task, entry in tasks.items():
-                if not entry.get("path") or not Path(entry["path"]).is_file():
-                    continue
-                values = json.loads(Path(entry["path"]).read_text())
-                key = "target_gold_nll" if entry.get("role") == "target" else "gold_nll"
-                data.items.setdefault((label, key), {}).update({f"{task}:{k}": v for k, v in values.items()})
+            for role, values in gold_nll.items_by_role(tasks).items():
+                key = "target_gold_nll" if role == "target" else "gold_nll"
+                data.items.setdefault((label, key), {}).update(values)
     data.delta_w = {name: float(info["delta_w"]) for name, info in sft.items() if info.get("delta_w") is not None}
     data.seq_ppl = (score_record or {}).get("results", {}).get("seq_ppl") or {}
     return data

@@ -51,6 +51,9 @@ def test_curve_rows_and_where_forgetting_first_shows(tmp_path):
     assert [round(r["estimate"], 6) for r in gold] == [0.0, 0.1, 0.4]
     assert gold[0]["ci_low"] < 0 < gold[0]["ci_high"] and gold[1]["ci_low"] > 0
     assert len([r for r in rows if r["measure"] == "kl"]) == 3
+    assert forgetting_curve.has_checkpoints([rec])
+    final_only = _record(tmp_path, {"sft-gt": 0.4}, {"sft-gt": 0.2})
+    assert not forgetting_curve.has_checkpoints([final_only])
     (line,) = forgetting_curve.describe(rows)
     assert line.startswith("sft-gt: first above zero at step 10; at step 20 +0.400")
     assert forgetting_curve.split_label("sft-stm@step40", {}) == ("sft-stm", 40)
