@@ -28,7 +28,10 @@ DEFAULT_SELF_OUTPUT = sampling(8, 0.7, 0.95, 256, 0)  # the paper samples 32 at 
 DEFAULT_REPHRASE = sampling(1, 0.7, 0.95, 256, 0)
 
 DATAGEN_VERSION = 1
-CHUNK = 8  # prompts per cached chunk: the unit of resumption
+# Sequences (prompts x samples) per generate() batch and per cached chunk, the unit of resumption. One batch of 32
+# instead of two of 16 decodes the same tokens in 0.65x the time on CPU (each step reads the weights once for the
+# whole batch; measured on 8 MBPP prompts x 4 samples, 61.6 s vs 94.3 s).
+SAMPLE_BATCH = 32
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Candidate:
     text: str
     tokens: int
     correct: bool
+    seq_ppl: float | None = None  # under the base model, once scored (score_candidates)
 
 
 @dataclass
@@ -92,20 +96,24 @@ def check_answers(task: str, examples: Sequence[Example], answers: Sequence[str]
     raise ValueError(f"no answer checker for task '{task}' (Self-Output/Rephrase support mbpp, math and gsm8k)")
 
 
-def _sample_cached(
+def sample_cached(
     model: Any, tokenizer: Any, prompts: Sequence[str], decoding: Decoding, model_fp: str, cache: Cache,
-    batch_size: int, desc: str,
+    batch_size: int = SAMPLE_BATCH, desc: str = "sampling",
 ) -> tuple[list[list[Completion]], float]:
-    """Generate in chunks (each a cache entry, so reruns and resumed runs skip it); also the generation time."""
+    """Sampled answers to each prompt, generated in chunks of one batch each (batch_size sequences: prompts x
+    decoding.num_samples); each chunk is a cache entry, so reruns and resumed runs skip it. Also the generation
+    time. Samples depend on the batching, so batch_size is part of each chunk's key."""
     from tqdm.auto import tqdm
 
     out: list[list[Completion]] = []
     wall = 0.0
-    for start in tqdm(range(0, len(prompts), CHUNK), desc=desc, unit="chunk", leave=False):
-        chunk = list(prompts[start : start + CHUNK])
+    per_chunk = max(1, batch_size // decoding.num_samples)
+    for start in tqdm(range(0, len(prompts), per_chunk), desc=desc, unit="chunk", leave=False):
+        chunk = list(prompts[start : start + per_chunk])
         # the chunk's seed depends on its position so chunks do not repeat each other's samples
         dec = replace(decoding, seed=decoding.seed + start)
-        key = content_key("samples", DATAGEN_VERSION, model=model_fp, prompts=chunk, decoding=dec.key())
+        key = content_key("samples", DATAGEN_VERSION, model=model_fp, prompts=chunk, decoding=dec.key(),
+                          batch_size=batch_size)
         hit = cache.get("samples", key)
         if hit is None:
             t0 = time.perf_counter()
@@ -131,7 +139,7 @@ def self_output(
     scorer: Any,
     decoding: Decoding = DEFAULT_SELF_OUTPUT,
     *,
-    batch_size: int = 16,
+    batch_size: int = SAMPLE_BATCH,
     cache: Cache | None = None,
     timeout_s: float = 10.0,
     keep_unverified: bool = False,
@@ -148,7 +156,7 @@ def self_output(
         raise ValueError("Self-Output samples its answers: pass generation.sampling(n, temperature, top_p, ...)")
     cache = cache or Cache()
     model, tok, fp = generator
-    samples, wall = _sample_cached(model, tok, [ex.prompt for ex in examples], decoding, fp, cache, batch_size,
+    samples, wall = sample_cached(model, tok, [ex.prompt for ex in examples], decoding, fp, cache, batch_size,
                                    "Self-Output")
     flat_ex = [ex for ex, cs in zip(examples, samples, strict=True) for _ in cs]
     flat_text = [c.text for cs in samples for c in cs]
@@ -165,6 +173,18 @@ def self_output(
                          "top_p": decoding.top_p, **({"unverified": True} if keep_unverified else {})})
 
 
+def score_candidates(
+    examples: Sequence[Example], candidates: Sequence[Candidate], scorer: Any
+) -> list[Candidate]:
+    """The candidates with their sequence PPL under the base model, scored in one pass (empty answers stay
+    unscored): the correctness sets then pick from them without scoring the same answers again."""
+    by_id = {ex.id: ex for ex in examples}
+    todo = [c for c in candidates if c.seq_ppl is None and c.text.strip()]
+    ppl = _lowest_ppl([(by_id[c.item_id], c.text) for c in todo], scorer) if todo else []
+    scored = {id(c): p for c, p in zip(todo, ppl, strict=True)}
+    return [replace(c, seq_ppl=scored[id(c)]) if id(c) in scored else c for c in candidates]
+
+
 def pick_per_problem(
     examples: Sequence[Example], candidates: Sequence[Candidate], scorer: Any, want_correct: bool | None
 ) -> list[Example]:
@@ -175,7 +195,11 @@ def pick_per_problem(
         if (want_correct is None or c.correct == want_correct) and c.text.strip():
             by_id.setdefault(c.item_id, []).append(c)
     pool = [(ex, c.text) for ex in examples for c in by_id.get(ex.id, [])]
-    ppl = _lowest_ppl(pool, scorer) if pool else []
+    known = [c.seq_ppl for ex in examples for c in by_id.get(ex.id, [])]
+    if all(p is not None for p in known):  # scored once already (score_candidates)
+        ppl = known
+    else:
+        ppl = _lowest_ppl(pool, scorer) if pool else []
     best: dict[str, tuple[float, str]] = {}
     for (ex, text), p in zip(pool, ppl, strict=True):
         if ex.id not in best or p < best[ex.id][0]:
@@ -190,7 +214,7 @@ def rephrase(
     generator: tuple[Any, Any, str],
     decoding: Decoding = DEFAULT_REPHRASE,
     *,
-    batch_size: int = 16,
+    batch_size: int = SAMPLE_BATCH,
     cache: Cache | None = None,
     timeout_s: float = 10.0,
     keep_unverified: bool = False,
@@ -202,7 +226,7 @@ def rephrase(
     cache = cache or Cache()
     model, tok, fp = generator
     prompts = [REPHRASE_PROMPT.format(instruction=ex.prompt, reference_answer=ex.response) for ex in examples]
-    samples, wall = _sample_cached(model, tok, prompts, decoding, fp, cache, batch_size, "Rephrase")
+    samples, wall = sample_cached(model, tok, prompts, decoding, fp, cache, batch_size, "Rephrase")
     texts = [cs[0].text for cs in samples]
     verdicts = check_answers(task, examples, texts, timeout_s)
     candidates = [Candidate(ex.id, 0, c[0].text, len(c[0].token_ids), ok)

@@ -85,7 +85,7 @@ def measure_self_bleu(
     per-question records (samples, verdicts, Self-BLEU) are also copied to out_dir/self_bleu_<task>.jsonl.
     """
     from . import generation
-    from .datagen import _sample_cached
+    from .datagen import sample_cached
     from .evaluation import load_task_items, parse_task_spec, resolve_mode
     from .scoring import data_fingerprint, tokenizer_fingerprint
     from .tasks import ScoreOptions
@@ -120,7 +120,7 @@ def measure_self_bleu(
     hit = cache.get("self_bleu", key)
     if hit is None:
         t0 = time.perf_counter()
-        samples, _ = _sample_cached(model, tokenizer, [ex.prompt for ex in items], decoding, fingerprint, cache,
+        samples, _ = sample_cached(model, tokenizer, [ex.prompt for ex in items], decoding, fingerprint, cache,
                                     batch_size, f"{task_obj.name}: sampling for Self-BLEU")
         flat_items = [ex for ex, cs in zip(items, samples, strict=True) for _ in cs]
         verdicts = score(task_obj.name, flat_items, [c.text for cs in samples for c in cs],

@@ -72,6 +72,17 @@ def test_self_output_keeps_lowest_ppl_correct_and_drops_unsolved(monkeypatch, tm
     assert len(calls) == 1 and [e.response for e in again.examples] == [e.response for e in s.examples]
 
 
+def test_sampling_chunks_hold_one_batch_of_sequences(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(datagen, "generate", _fake_generate(calls))
+    datagen.self_output("mbpp", PROBLEMS, (None, None, "fp"), _fake_scorer, sampling(3), batch_size=6,
+                        cache=Cache(tmp_path))
+    assert calls == [2, 1]  # 6 sequences per batch: 2 prompts x 3 samples, then the last prompt
+    datagen.self_output("mbpp", PROBLEMS, (None, None, "fp"), _fake_scorer, sampling(3), batch_size=3,
+                        cache=Cache(tmp_path))
+    assert calls == [2, 1, 1, 1, 1]  # another batching samples differently: its own cache entries
+
+
 def test_correctness_ablation_shares(monkeypatch, tmp_path):
     monkeypatch.setattr(datagen, "generate", _fake_generate([]))
     s = datagen.self_output("mbpp", PROBLEMS, (None, None, "fp"), _fake_scorer, sampling(3), cache=Cache(tmp_path))
@@ -81,6 +92,24 @@ def test_correctness_ablation_shares(monkeypatch, tmp_path):
     assert all_good.info["incorrect_kept"] == 0 and len(all_good.examples) == 2  # the unsolved problem is dropped
     with pytest.raises(ValueError):
         datagen.correctness_set(PROBLEMS, s.candidates, _fake_scorer, 1.5)
+
+
+def test_candidates_scored_once_give_the_same_correctness_sets(monkeypatch, tmp_path):
+    monkeypatch.setattr(datagen, "generate", _fake_generate([]))
+    s = datagen.self_output("mbpp", PROBLEMS, (None, None, "fp"), _fake_scorer, sampling(3), cache=Cache(tmp_path))
+    calls = []
+
+    def counting(examples):
+        calls.append(len(examples))
+        return _fake_scorer(examples)
+
+    scored = datagen.score_candidates(PROBLEMS, s.candidates, counting)
+    assert calls == [len(s.candidates)] and all(c.seq_ppl is not None for c in scored)
+    for share in (1.0, 0.5, 0.0):
+        fresh = datagen.correctness_set(PROBLEMS, s.candidates, _fake_scorer, share)
+        reused = datagen.correctness_set(PROBLEMS, scored, counting, share)
+        assert [(e.id, e.response) for e in reused.examples] == [(e.id, e.response) for e in fresh.examples]
+    assert len(calls) == 1  # the sets read the scores instead of scoring again
 
 
 def test_rephrase_keeps_accepted_rewrites(monkeypatch, tmp_path):
