@@ -185,6 +185,16 @@ def score_candidates(
     return [replace(c, seq_ppl=scored[id(c)]) if id(c) in scored else c for c in candidates]
 
 
+def mean_ppl_per_problem(candidates: Sequence[Candidate]) -> dict[str, float]:
+    """{problem id: mean sequence PPL of its scored answers, correct or not}: how surprising the model finds its
+    own text on every problem, not only on the few whose answers pass the checker (the verdict's claim 6)."""
+    by_id: dict[str, list[float]] = {}
+    for c in candidates:
+        if c.seq_ppl is not None:
+            by_id.setdefault(c.item_id, []).append(c.seq_ppl)
+    return {item: sum(v) / len(v) for item, v in by_id.items()}
+
+
 def pick_per_problem(
     examples: Sequence[Example], candidates: Sequence[Candidate], scorer: Any, want_correct: bool | None
 ) -> list[Example]:

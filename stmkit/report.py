@@ -1331,7 +1331,8 @@ def _verdict_markdown(ctx: Context, model: str) -> str:
     try:
         evaluate = list(ctx.by_stage("evaluate").values())
         score = next(iter(ctx.by_stage("score").values()), {})
-        data = report_verdict.collect(_sft(ctx), evaluate, score, lambda info: _main_setting(ctx, info))
+        generate = next(iter(ctx.by_stage("generate").values()), {})
+        data = report_verdict.collect(_sft(ctx), evaluate, score, lambda info: _main_setting(ctx, info), generate)
         text = report_verdict.section(data, ctx.tables_dir, model)
     except Exception as exc:  # a bug to report, not a reason to lose the report
         return f"## Verdict at this scale\n\nThe verdict could not be computed: `{type(exc).__name__}: {exc}`."

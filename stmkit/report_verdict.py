@@ -3,7 +3,8 @@
 Arms come from the training runs at the profile's main setting (LoRA at its learning rate, STM at tau 2.5, no
 regulariser): ground truth, STM, STM with the end-of-turn token trained, random and low masking, each by its
 training seed. Per-item measurements come from the 05_evaluate records (accuracy items, per-prompt KL drift,
-gold-answer NLL), ||ΔW|| from the training records, sequence PPL per problem from the 01_score_tokens record.
+gold-answer NLL), ||ΔW|| from the training records, sequence PPL per problem from the 01_score_tokens record (the
+training sets) and the 03_generate_data record (every sampled answer, correct or not).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def _accuracy_items(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def collect(sft: dict[str, dict[str, Any]], evaluate_records: list[dict[str, Any]], score_record: dict[str, Any],
-            main_setting: Any) -> verdict.VerdictInput:
-    """VerdictInput from the report's training-run infos, the evaluate run records and the score run record."""
+            main_setting: Any, generate_record: dict[str, Any] | None = None) -> verdict.VerdictInput:
+    """VerdictInput from the report's training-run infos, the evaluate run records, the score run record and the
+    generate run record."""
     arms: dict[str, dict[int, str]] = {}
     duplicates: list[str] = []
     eot_masked: dict[str, list[float]] = {}
@@ -89,7 +91,9 @@ def collect(sft: dict[str, dict[str, Any]], evaluate_records: list[dict[str, Any
                 key = "target_gold_nll" if role == "target" else "gold_nll"
                 data.items.setdefault((label, key), {}).update(values)
     data.delta_w = {name: float(info["delta_w"]) for name, info in sft.items() if info.get("delta_w") is not None}
-    data.seq_ppl = (score_record or {}).get("results", {}).get("seq_ppl") or {}
+    data.seq_ppl = dict((score_record or {}).get("results", {}).get("seq_ppl") or {})
+    for source, ppl in ((generate_record or {}).get("results", {}).get("sample_ppl") or {}).items():
+        data.seq_ppl[verdict.EVERY_SAMPLE[source]] = ppl
     return data
 
 

@@ -39,6 +39,11 @@ TARGET = ("target_gold_nll", "target_accuracy")
 RELATIVE = ("accuracy", "target_accuracy")
 
 
+# Claim 6 also on every answer the model sampled, correct or not (03_generate_data's sample_ppl): the training sets
+# keep only answers that pass the checker, at 135M a few problems or none.
+EVERY_SAMPLE = {"Self-Output": "Self-Output, every sample", "Rephrase": "Rephrase, every rewrite"}
+
+
 @dataclass
 class VerdictInput:
     """What the verdict reads. arms: {arm: {seed: model label}}; items: {(label, measure): {item: value}}."""
@@ -210,10 +215,11 @@ def build(data: VerdictInput) -> list[Row]:
                  if s in gt and runs[s] in data.delta_w and gt[s] in data.delta_w]
         rows.append(_seed_row("delta_w", f"{arm} − ground truth", diffs, -1, data))
     gt_ppl = data.seq_ppl.get("Ground Truth")
-    for source in ("Self-Output", "Rephrase"):
+    for source in ("Self-Output", "Rephrase", *EVERY_SAMPLE.values()):
         other = data.seq_ppl.get(source)
-        m: tuple[np.ndarray | None, str] = (None, "needs the score run with Self-Output / Rephrase data "
-                                                "(03_generate_data, 01_score_tokens)")
+        needs = ("03_generate_data's record of every sample's PPL" if source in EVERY_SAMPLE.values() else
+                 "the score run with Self-Output / Rephrase data (03_generate_data, 01_score_tokens)")
+        m: tuple[np.ndarray | None, str] = (None, f"needs {needs}")
         if gt_ppl and other and len(set(gt_ppl) & set(other)) >= 2:
             keys = sorted(set(gt_ppl) & set(other))
             m = (np.asarray([[gt_ppl[k] - other[k] for k in keys]]), "")

@@ -110,6 +110,10 @@ def test_candidates_scored_once_give_the_same_correctness_sets(monkeypatch, tmp_
         reused = datagen.correctness_set(PROBLEMS, scored, counting, share)
         assert [(e.id, e.response) for e in reused.examples] == [(e.id, e.response) for e in fresh.examples]
     assert len(calls) == 1  # the sets read the scores instead of scoring again
+    means = datagen.mean_ppl_per_problem(scored)
+    assert set(means) == {p.id for p in PROBLEMS}  # every problem, solved or not
+    mine = [c.seq_ppl for c in scored if c.item_id == PROBLEMS[0].id]
+    assert means[PROBLEMS[0].id] == pytest.approx(sum(mine) / len(mine))
 
 
 def test_rephrase_keeps_accepted_rewrites(monkeypatch, tmp_path):

@@ -177,3 +177,18 @@ def test_siblings_section_appears_only_with_a_sibling_method(tmp_path):
     assert "**conflict masking**: forgets less — gold NLL holds" in md
     assert (tmp_path / "t" / "siblings.csv").is_file() and (tmp_path / "f" / "siblings_forgetting_vs_gain.png").is_file()
     assert "the paper's side" not in md
+
+
+def test_claim6_also_reads_every_sampled_answer_from_the_generate_record():
+    from stmkit import report_verdict
+
+    rng = np.random.default_rng(1)
+    gt = {str(i): 4.0 + rng.random() for i in range(24)}
+    score = {"results": {"seq_ppl": {"Ground Truth": gt, "Self-Output": {}}}}  # no sample passed the tests
+    generate = {"results": {"sample_ppl": {"Self-Output": {k: 1.3 + 0.1 * rng.random() for k in gt},
+                                           "Rephrase": {k: 2.0 + 0.1 * rng.random() for k in gt}}}}
+    rows = verdict.build(report_verdict.collect({}, [], score, lambda info: True, generate))
+    assert _row(rows, "ppl_order", "Ground Truth − Self-Output", "sequence PPL").verdict == "not measured"
+    every = _row(rows, "ppl_order", "Ground Truth − Self-Output, every sample", "sequence PPL")
+    assert every.verdict == "holds" and every.items == 24
+    assert _row(rows, "ppl_order", "Ground Truth − Rephrase, every rewrite", "sequence PPL").verdict == "holds"
