@@ -220,6 +220,9 @@ def build(data: VerdictInput) -> list[Row]:
         needs = ("03_generate_data's record of every sample's PPL" if source in EVERY_SAMPLE.values() else
                  "the score run with Self-Output / Rephrase data (03_generate_data, 01_score_tokens)")
         m: tuple[np.ndarray | None, str] = (None, f"needs {needs}")
+        if other is not None and len(other) < 2 and source not in EVERY_SAMPLE.values():
+            m = (None, f"the {source} training set holds {len(other)} problem(s) (only answers that pass the tests "
+                       "are kept); the every-sample row measures the model's own text on every problem")
         if gt_ppl and other and len(set(gt_ppl) & set(other)) >= 2:
             keys = sorted(set(gt_ppl) & set(other))
             m = (np.asarray([[gt_ppl[k] - other[k] for k in keys]]), "")

@@ -188,7 +188,8 @@ def test_claim6_also_reads_every_sampled_answer_from_the_generate_record():
     generate = {"results": {"sample_ppl": {"Self-Output": {k: 1.3 + 0.1 * rng.random() for k in gt},
                                            "Rephrase": {k: 2.0 + 0.1 * rng.random() for k in gt}}}}
     rows = verdict.build(report_verdict.collect({}, [], score, lambda info: True, generate))
-    assert _row(rows, "ppl_order", "Ground Truth − Self-Output", "sequence PPL").verdict == "not measured"
+    empty = _row(rows, "ppl_order", "Ground Truth − Self-Output", "sequence PPL")
+    assert empty.verdict == "not measured" and "holds 0 problem" in empty.reason
     every = _row(rows, "ppl_order", "Ground Truth − Self-Output, every sample", "sequence PPL")
     assert every.verdict == "holds" and every.items == 24
     assert _row(rows, "ppl_order", "Ground Truth − Rephrase, every rewrite", "sequence PPL").verdict == "holds"
