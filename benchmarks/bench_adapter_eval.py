@@ -11,8 +11,9 @@ import tempfile
 import time
 
 from benchmarks import sandwich, timed
+from stmkit.adapters import trained_model
 from stmkit.cache import Cache
-from stmkit.evaluation import evaluate_task, trained_model
+from stmkit.evaluation import evaluate_task
 from stmkit.models import load_model
 from stmkit.tasks import load
 

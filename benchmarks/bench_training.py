@@ -15,11 +15,12 @@ from dataclasses import replace
 
 import torch
 
-from stmkit import masking, training
+from stmkit import masking
 from stmkit.config import TrainingConfig
 from stmkit.models import load_model
 from stmkit.scoring import render_examples, score_rendered
 from stmkit.tasks import load
+from stmkit.trainer import build_trainer
 
 MODEL = "smollm2-135m-instruct"
 BATCH = 4
@@ -36,9 +37,9 @@ def run() -> dict:
     cfg = TrainingConfig(finetune="lora", lora_r=16, lora_alpha=32, lora_dropout=0.05, learning_rate=1e-3,
                          batch_size=BATCH)
     with tempfile.TemporaryDirectory(prefix="stmkit-bench-") as out:
-        trainer = training.build_trainer(MODEL, gt, cfg, out, tokenizer=tok, progress=False)
-        mixed = training.build_trainer(MODEL, gt, replace(cfg, mixed_precision="bf16"), out, tokenizer=tok,
-                                       progress=False)
+        trainer = build_trainer(MODEL, gt, cfg, out, tokenizer=tok, progress=False)
+        mixed = build_trainer(MODEL, gt, replace(cfg, mixed_precision="bf16"), out, tokenizer=tok,
+                              progress=False)
     model = trainer.model
     model.train()
     mixed.model.train()

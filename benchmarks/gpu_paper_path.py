@@ -7,7 +7,7 @@ machine; parts: throughput, kit-trainer, paper-path (default: throughput,paper-p
    (kept in configs/costs/measured/) and the dry run's GPU-hours are computed from it.
 2. (kit-trainer) The kit's own trainer on a random Llama 3 8B: tokens/s and peak memory beside the raw step.
 3. The kit's own paper path on CUDA in bf16 with two stand-ins (tiny-llama3, tiny-gemma2): score, mask, train
-   ground truth and STM through `python -m stmkit.training` (TRL on CUDA), then evaluate MBPP and ARC on the
+   ground truth and STM through `python -m stmkit.sft` (TRL on CUDA), then evaluate MBPP and ARC on the
    trained adapters (generation on CUDA, MBPP code in the sandbox).
 
 Writes OUT_DIR/gpu_throughput.json, gpu_kit_trainer.json and gpu_paper_path.json (the parts run); prints a summary.
@@ -119,7 +119,7 @@ def paper_path(out_dir: Path, device: str = "cuda") -> dict:
 
     import torch
 
-    from stmkit import adapters, evaluation, training
+    from stmkit import adapters, evaluation, sft
     from stmkit.config import load_profile
 
     results_dir = Path(tempfile.mkdtemp(prefix="gpu-rehearsal-"))  # adapters stay out of out_dir
@@ -130,8 +130,8 @@ def paper_path(out_dir: Path, device: str = "cuda") -> dict:
             name = f"{model}-{method}"
             t0 = time.perf_counter()
             try:
-                training.main(["--profile", "paper-rehearsal", "--overrides", overrides, "--method", method,
-                               "--run-name", name, "--results-dir", str(results_dir)])
+                sft.main(["--profile", "paper-rehearsal", "--overrides", overrides, "--method", method,
+                          "--run-name", name, "--results-dir", str(results_dir)])
                 rec = json.loads((results_dir / "runs" / name / "run.json").read_text())
                 res = rec["results"]
                 model_obj, tok = adapters.load_trained(res["adapter_dir"], device=device, dtype="bfloat16")
@@ -164,7 +164,7 @@ def kit_trainer(arch: str = "llama-3-8b-instruct", device: str = "cuda", shape: 
     import torch
     import transformers
 
-    from stmkit import training
+    from stmkit import sft
     from stmkit.models import resolve
 
     cls_name, kw = ARCHS[arch]
@@ -183,8 +183,8 @@ def kit_trainer(arch: str = "llama-3-8b-instruct", device: str = "cuda", shape: 
     overrides = json.dumps({"model.name": str(folder), "model.device": device, "data.target": "mbpp",
                             "training.batch_size": 8, "training.grad_accum": 1, "training.epochs": 3})
     t0 = time.perf_counter()
-    training.main(["--profile", "paper-rehearsal", "--overrides", overrides, "--method", "stm", "--run-name", "kit",
-                   "--results-dir", str(results)])
+    sft.main(["--profile", "paper-rehearsal", "--overrides", overrides, "--method", "stm", "--run-name", "kit",
+              "--results-dir", str(results)])
     res = json.loads((results / "runs" / "kit" / "run.json").read_text())["results"]["training"]
     keep = ("steps", "tokens_per_s", "trained_tokens_per_s", "s_per_step", "precision", "compact_lm_head", "examples")
     return {"arch": arch, "wall_s": time.perf_counter() - t0, **{k: res.get(k) for k in keep},

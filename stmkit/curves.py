@@ -31,7 +31,7 @@ class Checkpoint:
     step: int | None
     epoch: float | None
     path: Path
-    kind: str  # "adapter_dir" (LoRA/DoRA) or "model_dir" (full fine-tuning), as evaluation.trained_model reads it
+    kind: str  # "adapter_dir" (LoRA/DoRA) or "model_dir" (full fine-tuning), as adapters.trained_model reads it
     final: bool = False
 
 
@@ -129,7 +129,7 @@ def checkpoint_accuracy(
     """Accuracy of the original model (step 0), each checkpoint and the final model of a run on each task.
 
     One row per (model, task): step, epoch, task, accuracy, ci_low, ci_high (95% bootstrap over items), n and the
-    evaluation's cache key. Models are evaluated with evaluation.evaluate_model through evaluation.trained_model
+    evaluation's cache key. Models are evaluated with evaluation.evaluate_model through adapters.trained_model
     (config: an EvalConfig for max_new_tokens, batch size, bootstrap, ...), so each is cached by its fingerprint.
     """
     from .adapters import trained_model

@@ -324,7 +324,7 @@ def measure_drift(
     answers), gold_nll_base, gold_nll_finetuned, delta_gold_nll, n_prompts, n_tokens, per_prompt_kl ({id: kl}). "all" averages the tasks
     with equal weight (as BWT does). KL and NLL in nats per token.
 
-    fingerprint: the fine-tuned model's (evaluation.trained_model gives it); with it the result is cached by that
+    fingerprint: the fine-tuned model's (adapters.trained_model gives it); with it the result is cached by that
     fingerprint, the reference (which names the base) and the bootstrap settings, so a rerun costs nothing.
     mixed_precision "bf16": both models' forward passes under bf16 autocast (fp32 weights; log-softmax and KL in
     fp32): ~2.5x faster on a CPU with AMX; KL comes out 2-5% lower than in fp32 (bench_precision: -4.8% on one

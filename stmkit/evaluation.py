@@ -11,13 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .adapters import (  # noqa: F401  (evaluation's public names since before adapters.py)
-    adapter_fingerprint,
-    combined_fingerprint,
-    load_adapter,
-    trained_model,
-    weights_fingerprint,
-)
+from .adapters import weights_fingerprint
 from .cache import atomic_write_text, content_key, dumps_finite
 from .numerics import require_finite
 

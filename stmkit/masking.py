@@ -11,7 +11,7 @@ Rules (each masks *response* tokens only; prompt tokens are never trained):
   dpf_delta; the paper's DPF filters every token whose PPL rose: delta 0).
 - stm+dpf: mask tokens with ppl_base > tau or ppl_adapter - ppl_base > dpf_delta (reference: delta 0).
   Both need `adapter_scored`: the same examples scored by the base with a fine-tuned adapter merged in (04_sft's
-  `reference_run`, normally the ground-truth run; see `stmkit.training.prepare_sft_data`).
+  `reference_run`, normally the ground-truth run; see `stmkit.sft.prepare_sft_data`).
 - conflict: mask only "confident conflicts" (EAFT, arXiv 2601.02151): tokens with ppl > tau whose top-K
   predictive entropy (divided by log K, scoring's `topk_entropy`) is below `conflict_entropy` -- the model
   confidently predicted something else. The hard counterpart of EAFT's entropy-weighted loss; a subset of STM's mask.

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from stmkit import curves, generation
+from stmkit.adapters import weights_fingerprint
 from stmkit.cache import Cache, atomic_write_json
 from stmkit.config import load_profile
-from stmkit.evaluation import evaluate_model, weights_fingerprint
+from stmkit.evaluation import evaluate_model
 from stmkit.training import RESULT_FILE, TrainResult
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from stmkit import evaluation, generation
+from stmkit import adapters, evaluation, generation
+from stmkit.adapters import weights_fingerprint
 from stmkit.cache import Cache
 from stmkit.config import ConfigError, load_profile
 from stmkit.evaluation import (
@@ -25,7 +26,6 @@ from stmkit.evaluation import (
     resolve_mode,
     transfer_metrics,
     transfer_report,
-    weights_fingerprint,
 )
 from stmkit.tasks import Example, ScoreOptions, get_task, load, score
 from stmkit.tasks.arc import LETTERS
@@ -181,16 +181,16 @@ def test_corrupted_adapter_in_a_cache_entry_is_refused(tiny, tmp_path):
     with cache.put("adapters", "k") as d:
         _make_adapter(model, tok, d / "adapter", steps=1)
     entry = cache.path("adapters", "k")
-    evaluation.load_adapter(copy.deepcopy(model), entry / "adapter")
+    adapters.load_adapter(copy.deepcopy(model), entry / "adapter")
     weights = entry / "adapter" / "adapter_model.safetensors"
     raw = bytearray(weights.read_bytes())
     mid = len(raw) // 2
     raw[mid : mid + 64] = b"\xff" * 64
     weights.write_bytes(bytes(raw))
     with pytest.raises(CacheCorruptError, match=rf"{entry}.*adapter_model\.safetensors.*delete"):
-        evaluation.load_adapter(copy.deepcopy(model), entry / "adapter")
+        adapters.load_adapter(copy.deepcopy(model), entry / "adapter")
     with pytest.raises(CacheCorruptError):
-        with evaluation.trained_model(model, {"adapter_dir": str(entry / "adapter")}, "fp"):
+        with adapters.trained_model(model, {"adapter_dir": str(entry / "adapter")}, "fp"):
             pass
 
 
@@ -275,15 +275,15 @@ def test_evaluate_model_base_and_adapter(tiny, tmp_path):
     adapter = _make_adapter(model, tok, tmp_path / "adapter")
     base_model = copy.deepcopy(model)
     base_fp = weights_fingerprint(base_model)
-    with evaluation.trained_model(base_model, {"adapter_dir": str(adapter)}, base_fp, merge=False) as (tuned_model, fp, b):
-        assert b is None and fp == evaluation.combined_fingerprint(base_fp, adapter) != base_fp
+    with adapters.trained_model(base_model, {"adapter_dir": str(adapter)}, base_fp, merge=False) as (tuned_model, fp, b):
+        assert b is None and fp == adapters.combined_fingerprint(base_fp, adapter) != base_fp
         assert weights_fingerprint(tuned_model) != base_fp
         tuned = evaluate_model(
             tuned_model, tok, tasks, 3, config=cfg, fingerprint=fp, cache=cache, progress=False
         )
     assert all(tuned[t]["key"] != base[t]["key"] for t in tasks)
     # Merged into a copy (the CPU default): same fingerprint, same answers, base_model untouched throughout.
-    with evaluation.trained_model(base_model, {"adapter_dir": str(adapter)}, base_fp) as (merged, fp2, b2):
+    with adapters.trained_model(base_model, {"adapter_dir": str(adapter)}, base_fp) as (merged, fp2, b2):
         assert b2 is base_model and fp2 == fp and merged is not base_model
         assert not any(hasattr(m, "lora_A") for m in merged.modules())
         assert weights_fingerprint(base_model) == base_fp
@@ -293,7 +293,7 @@ def test_evaluate_model_base_and_adapter(tiny, tmp_path):
     assert weights_fingerprint(base_model) == base_fp
     assert not any(hasattr(m, "lora_A") for m in base_model.modules())
     with pytest.raises(KeyError, match="neither 'adapter_dir' nor 'model_dir'"):
-        with evaluation.trained_model(base_model, {"final_loss": 1.0}, base_fp):
+        with adapters.trained_model(base_model, {"final_loss": 1.0}, base_fp):
             pass
 
     table = accuracy_table({"Original": base, "LoRA": tuned})
@@ -313,7 +313,7 @@ def test_expand_trained_runs_one_entry_per_adapter():
 
 def test_adapter_errors_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
-        evaluation.adapter_fingerprint(tmp_path)
+        adapters.adapter_fingerprint(tmp_path)
 
 
 # --- TI / BWT -----------------------------------------------------------------------------------------------

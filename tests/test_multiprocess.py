@@ -52,12 +52,12 @@ def _train(tmp_path: Path, name: str, batch: int, processes: int) -> dict:
     args = ["--profile", "smoke", "--overrides", f"{OVERRIDES},training.batch_size={batch}", "--method", "gt",
             "--run-name", name, "--results-dir", str(tmp_path / "results")]
     if processes == 1:
-        cmd = [sys.executable, "-m", "stmkit.training", *args]
+        cmd = [sys.executable, "-m", "stmkit.sft", *args]
     else:
         # accelerate's --cpu launches a single process unless MPI is installed; --multi_gpu launches through
         # torchrun, and on a machine without a GPU its processes join over gloo
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "stmkit.training",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "stmkit.sft",
                *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

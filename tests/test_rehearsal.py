@@ -170,15 +170,15 @@ def test_rehearsal_subset_runs_each_family_through_the_real_notebooks(tmp_path):
 
 
 def test_an_empty_generated_set_is_one_error_saying_why():
-    from stmkit import training
+    from stmkit import sft
     from stmkit.config import load_profile
 
     class Run:  # what prepare_sft_data reads of a run before it scores anything
-        profile = load_profile("smoke", training.method_overrides("self_output"))
+        profile = load_profile("smoke", sft.method_overrides("self_output"))
 
         @staticmethod
         def generated_sets(name):
             return {"Self-Output": [], "Rephrase": []}
 
     with pytest.raises(ValueError, match="the Self-Output set of run 'generate' is empty: none of the model's answers"):
-        training.prepare_sft_data(Run(), "self_output")
+        sft.prepare_sft_data(Run(), "self_output")

@@ -12,14 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from stmkit import masking, training
+from stmkit import adapters, masking, training
 from stmkit.cache import Cache
-from stmkit.config import TrainingConfig, parse_overrides
 from stmkit.scoring import render_examples, score_rendered
 from stmkit.tasks import load
-
-BASE = TrainingConfig(finetune="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2, epochs=1,
-                      batch_size=2, warmup_ratio=0.0, scheduler="constant")
+from stmkit.trainer import build_trainer
 
 
 @pytest.fixture(scope="module")
@@ -38,32 +35,21 @@ def run(data, cfg, cache, tok, **kw):
     return training.train("tiny-llama", data, cfg, tokenizer=tok, cache=cache, progress=False, **kw)
 
 
-def _synthetic(n_trained: list[int], seed: int = 0) -> list[dict]:
-    """Rows of random tokens: a 6-token prompt, then responses with very different numbers of trained tokens."""
-    g = np.random.default_rng(seed)
-    rows = []
-    for i, k in enumerate(n_trained):
-        ids = g.integers(5, 1000, 6 + k + 3).tolist()
-        labels = [-100] * 6 + ids[6 : 6 + k] + [-100] * 3
-        rows.append({"id": f"s{i}", "input_ids": ids, "labels": labels})
-    return rows
-
-
 def _lora_b(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
 
 
-def test_grad_accum_8x1_equals_batch_8_mean_over_all_trained_tokens(tiny, cache):
+def test_grad_accum_8x1_equals_batch_8_mean_over_all_trained_tokens(tiny, cache, lora_cfg, synthetic_rows):
     """One SGD step: batch 8 == batch 1 x accumulation 8 == -lr * grad of (sum NLL / all trained tokens)."""
     _, tok = tiny
-    rows = _synthetic([1, 2, 4, 8, 16, 32, 3, 40])
-    cfg = dataclasses.replace(BASE, optim="sgd", learning_rate=0.5, max_grad_norm=0.0, max_steps=1, batch_size=8)
+    rows = synthetic_rows([1, 2, 4, 8, 16, 32, 3, 40])
+    cfg = dataclasses.replace(lora_cfg, optim="sgd", learning_rate=0.5, max_grad_norm=0.0, max_steps=1, batch_size=8)
     one = run(rows, cfg, cache, tok)
     eight = run(rows, dataclasses.replace(cfg, batch_size=1, grad_accum=8), cache, tok)
     assert one.record["steps"] == eight.record["steps"] == 1
     assert eight.record["examples_seen"] == 8 and len(eight.order) == 8
-    m1, _ = training.load_trained(one.adapter_dir, device="cpu")
-    m8, _ = training.load_trained(eight.adapter_dir, device="cpu")
+    m1, _ = adapters.load_trained(one.adapter_dir, device="cpu")
+    m8, _ = adapters.load_trained(eight.adapter_dir, device="cpu")
     b1, b8 = _lora_b(m1), _lora_b(m8)
     scale = max(float(v.abs().max()) for v in b1.values())
     assert scale > 0
@@ -72,7 +58,7 @@ def test_grad_accum_8x1_equals_batch_8_mean_over_all_trained_tokens(tiny, cache)
 
     # The same update by hand: reset B to its initial zeros and differentiate the token-mean NLL of all 8 rows.
     def grads(loss_fn):
-        model, _ = training.load_trained(one.adapter_dir, device="cpu")
+        model, _ = adapters.load_trained(one.adapter_dir, device="cpu")
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.data.zero_()
@@ -102,13 +88,13 @@ def test_grad_accum_8x1_equals_batch_8_mean_over_all_trained_tokens(tiny, cache)
     assert gap > 100 * 1e-5 * scale  # the test can tell the two normalisations apart
 
 
-def test_all_masked_example_is_refused_and_counts_recorded(tiny, scored, cache):
+def test_all_masked_example_is_refused_and_counts_recorded(tiny, scored, cache, lora_cfg):
     _, tok = tiny
     res = masking.apply_masks(scored[:2], [np.ones(len(s.logprobs), bool) for s in scored[:2]], "threshold")
     rows = [{"id": i, "input_ids": x, "labels": y} for i, x, y in zip(res.ids, res.input_ids, res.labels, strict=True)]
     rows[1]["labels"] = [-100] * len(rows[1]["labels"])  # as if the EOS had not been kept
     with pytest.raises(training.TrainingDataError, match=r"row 1 \(id '.*'\): every label is -100.*keep_eos"):
-        run(rows, BASE, cache, tok)
+        run(rows, lora_cfg, cache, tok)
     bad = dict(rows[0], labels=rows[0]["labels"][:-1])
     with pytest.raises(training.TrainingDataError, match="labels; they must align"):
         training.check_dataset(training.as_dataset([bad]))
@@ -116,13 +102,13 @@ def test_all_masked_example_is_refused_and_counts_recorded(tiny, scored, cache):
     with pytest.raises(training.TrainingDataError, match="differs from the input token"):
         training.check_dataset(training.as_dataset([shifted]))
     # keep_eos (the masking default) leaves one trained token per fully masked example: trained on, counted
-    out = run(res, dataclasses.replace(BASE, max_steps=1), cache, tok)
+    out = run(res, dataclasses.replace(lora_cfg, max_steps=1), cache, tok)
     assert out.record["examples"] == 2 and out.record["trained_tokens"] == 2 and out.record["examples_seen"] == 2
 
 
-def test_gt_and_stm_see_the_same_examples_in_the_same_order(tiny, scored, cache):
+def test_gt_and_stm_see_the_same_examples_in_the_same_order(tiny, scored, cache, lora_cfg):
     _, tok = tiny
-    cfg = dataclasses.replace(BASE, epochs=2)
+    cfg = dataclasses.replace(lora_cfg, epochs=2)
     gt = run(masking.mask_dataset(scored, "none"), cfg, cache, tok)
     stm_data = masking.mask_dataset(scored, "threshold", tau=2.5)
     stm = run(stm_data, cfg, cache, tok)
@@ -137,10 +123,10 @@ def test_gt_and_stm_see_the_same_examples_in_the_same_order(tiny, scored, cache)
     assert stm.record["final_train_loss"] < gt.record["final_train_loss"]
 
 
-def test_bf16_mixed_precision_trains_fp32_weights_under_autocast_and_keys_apart(tiny, scored, cache):
+def test_bf16_mixed_precision_trains_fp32_weights_under_autocast_and_keys_apart(tiny, scored, cache, lora_cfg):
     _, tok = tiny
     data = masking.mask_dataset(scored, "none")
-    cfg = dataclasses.replace(BASE, max_steps=2)
+    cfg = dataclasses.replace(lora_cfg, max_steps=2)
     fp32 = run(data, cfg, cache, tok)
     mixed = run(data, dataclasses.replace(cfg, mixed_precision="bf16"), cache, tok)
     assert mixed.key != fp32.key and not mixed.cached
@@ -154,12 +140,12 @@ def test_bf16_mixed_precision_trains_fp32_weights_under_autocast_and_keys_apart(
         dataclasses.replace(cfg, mixed_precision="fp8").validate("training")
 
 
-def test_rerun_with_nothing_changed_trains_nothing(tiny, scored, cache, monkeypatch):
+def test_rerun_with_nothing_changed_trains_nothing(tiny, scored, cache, monkeypatch, lora_cfg):
     _, tok = tiny
     data = masking.mask_dataset(scored, "threshold", tau=2.5)
-    cfg = dataclasses.replace(BASE, max_steps=2)
+    cfg = dataclasses.replace(lora_cfg, max_steps=2)
     first = run(data, cfg, cache, tok)
-    monkeypatch.setattr(training, "_train_into", lambda *a, **k: pytest.fail("trained again on a cache hit"))
+    monkeypatch.setattr("stmkit.trainer.build", lambda *a, **k: pytest.fail("trained again on a cache hit"))
     again = run(data, cfg, cache, tok)
     assert again.cached and again.key == first.key and again.record == first.record
     assert again.adapter_dir == first.adapter_dir
@@ -169,22 +155,22 @@ def test_rerun_with_nothing_changed_trains_nothing(tiny, scored, cache, monkeypa
 
 
 @pytest.mark.parametrize("finetune", ["lora", "dora", "full"])
-def test_each_finetune_type_trains_saves_and_loads(tiny, scored, cache, finetune):
+def test_each_finetune_type_trains_saves_and_loads(tiny, scored, cache, lora_cfg, finetune):
     model0, tok = tiny
     from stmkit import weights
     from stmkit.models import resolve
 
     data = masking.mask_dataset(scored, "none")
-    cfg = dataclasses.replace(BASE, finetune=finetune, max_steps=2, learning_rate=1e-3 if finetune == "full" else 1e-2)
+    cfg = dataclasses.replace(lora_cfg, finetune=finetune, max_steps=2, learning_rate=1e-3 if finetune == "full" else 1e-2)
     # DoRA is trained from the resolved folder path, so its adapter_config points at a path any loader can open
     name = str(resolve("tiny-llama")) if finetune == "dora" else "tiny-llama"
     out = training.train(name, data, cfg, tokenizer=tok, cache=cache, progress=False,
                          eval_dataset=masking.mask_dataset(scored[:2], "none"))
     assert out.record["steps"] == 2 and out.finetune == finetune
     assert list(out.eval_losses()["step"]) == [0, 2]  # the base model's loss, then the end of training
-    info = json.loads((out.adapter_dir / training.MODEL_INFO).read_text())
+    info = json.loads((out.adapter_dir / adapters.MODEL_INFO).read_text())
     assert info["finetune"] == finetune
-    model, tok2 = training.load_trained(out.adapter_dir, device="cpu")
+    model, tok2 = adapters.load_trained(out.adapter_dir, device="cpu")
     ids = torch.tensor([data.input_ids[0]])
     with torch.no_grad():
         moved = (model(input_ids=ids).logits - model0(input_ids=ids).logits).abs().max()
@@ -203,17 +189,17 @@ def test_each_finetune_type_trains_saves_and_loads(tiny, scored, cache, finetune
         with torch.no_grad():
             torch.testing.assert_close(auto(input_ids=ids).logits, model(input_ids=ids).logits)
     if finetune == "lora":
-        assert training.lm_eval_model_args(out.adapter_dir).startswith(f"pretrained={resolve('tiny-llama')},peft=")
+        assert adapters.lm_eval_model_args(out.adapter_dir).startswith(f"pretrained={resolve('tiny-llama')},peft=")
 
 
-def test_kl_penalty_keeps_the_model_closer_to_its_base(tiny, scored, cache):
+def test_kl_penalty_keeps_the_model_closer_to_its_base(tiny, scored, cache, lora_cfg):
     _, tok = tiny
     data = masking.mask_dataset(scored, "none")
-    cfg = dataclasses.replace(BASE, epochs=2)
+    cfg = dataclasses.replace(lora_cfg, epochs=2)
 
     def kl_after(c):
         out = run(data, c, cache, tok)
-        model, _ = training.load_trained(out.adapter_dir, device="cpu")
+        model, _ = adapters.load_trained(out.adapter_dir, device="cpu")
         return out, training.kl_to_base(model, data)
 
     plain, kl0 = kl_after(cfg)
@@ -228,33 +214,33 @@ def test_kl_penalty_keeps_the_model_closer_to_its_base(tiny, scored, cache):
     assert first[0]["kl_to_base"] == pytest.approx(0.0, abs=1e-6) and first[-1]["kl_to_base"] > 0
 
 
-def test_init_adapter_is_merged_before_training_and_keys_the_cache(tiny, scored, cache, tmp_path, monkeypatch):
+def test_init_adapter_is_merged_before_training_and_keys_the_cache(tiny, scored, cache, tmp_path, monkeypatch,
+                                                                   lora_cfg):
     """Continual fine-tuning (Table 19): the new adapter starts from base + the earlier adapter, merged."""
     from stmkit.cache import content_key
-    from stmkit.evaluation import adapter_fingerprint
 
     model0, tok = tiny
     gt, stm = masking.mask_dataset(scored, "none"), masking.mask_dataset(scored, "threshold", tau=2.5)
-    cfg = dataclasses.replace(BASE, max_steps=2)
+    cfg = dataclasses.replace(lora_cfg, max_steps=2)
     first = run(gt, cfg, cache, tok)
     ids = torch.tensor([gt.input_ids[0]])
-    stage1, _ = training.load_trained(first.adapter_dir, device="cpu")
+    stage1, _ = adapters.load_trained(first.adapter_dir, device="cpu")
     with torch.no_grad():
         want = stage1.merge_and_unload()(input_ids=ids).logits
         # before the first step the new LoRA is zero (B = 0): the trainer's model is stage 1, merged
-        trainer = training.build_trainer("tiny-llama", stm, cfg, tmp_path, tokenizer=tok, progress=False,
-                                         init_adapter=first.adapter_dir)
+        trainer = build_trainer("tiny-llama", stm, cfg, tmp_path, tokenizer=tok, progress=False,
+                                init_adapter=first.adapter_dir)
         torch.testing.assert_close(trainer.model.eval()(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
         assert (want - model0(input_ids=ids).logits).abs().max() > 0
     del trainer
     second = run(stm, cfg, cache, tok, init_adapter=first.adapter_dir)
     plain = run(stm, cfg, cache, tok)
     assert second.key != plain.key and second.record["init_adapter"] == str(first.adapter_dir.resolve())
-    assert second.record["init_adapter_fingerprint"] == adapter_fingerprint(first.adapter_dir)
+    assert second.record["init_adapter_fingerprint"] == adapters.adapter_fingerprint(first.adapter_dir)
     assert plain.record["init_adapter"] is None
-    info = json.loads((second.adapter_dir / training.MODEL_INFO).read_text())
+    info = json.loads((second.adapter_dir / adapters.MODEL_INFO).read_text())
     assert info["init_adapter"] == second.record["init_adapter"]
-    assert training.init_adapter_of(second.adapter_dir) == first.adapter_dir.resolve()
+    assert adapters.init_adapter_of(second.adapter_dir) == first.adapter_dir.resolve()
     # without an init adapter the key is what it always was (cached adapters stay valid; the loss settings, added
     # later, stay out of it at their defaults)
     later = ("loss", "eaft_top_k", "eaft_alpha", "mixed_precision", "save_at_steps")
@@ -263,12 +249,12 @@ def test_init_adapter_is_merged_before_training_and_keys_the_cache(tiny, scored,
                       model="m", seed=0, precision="cpu:float32", world_size=1)
     assert training.training_key(cfg, "d", None, "m", 0, "cpu:float32") == old
     # load_trained merges the init adapter first: the result moved away from stage 1
-    loaded, _ = training.load_trained(second.adapter_dir, device="cpu")
+    loaded, _ = adapters.load_trained(second.adapter_dir, device="cpu")
     with torch.no_grad():
         assert (loaded(input_ids=ids).logits - want).abs().max() > 0
     with pytest.raises(ValueError, match="continues from the adapter"):
-        training.lm_eval_model_args(second.adapter_dir)
-    monkeypatch.setattr(training, "_train_into", lambda *a, **k: pytest.fail("trained again on a cache hit"))
+        adapters.lm_eval_model_args(second.adapter_dir)
+    monkeypatch.setattr("stmkit.trainer.build", lambda *a, **k: pytest.fail("trained again on a cache hit"))
     assert run(stm, cfg, cache, tok, init_adapter=first.adapter_dir).key == second.key
     monkeypatch.undo()
     other = run(gt, dataclasses.replace(cfg, learning_rate=2e-2), cache, tok)  # another stage 1: another key
@@ -277,9 +263,9 @@ def test_init_adapter_is_merged_before_training_and_keys_the_cache(tiny, scored,
         run(stm, cfg, cache, tok, init_adapter=tmp_path)
 
 
-def test_checkpoints_at_configured_steps(tiny, scored, cache):
+def test_checkpoints_at_configured_steps(tiny, scored, cache, lora_cfg):
     _, tok = tiny
-    out = run(masking.mask_dataset(scored, "none"), dataclasses.replace(BASE, epochs=2, save_every_epochs=0.5), cache,
+    out = run(masking.mask_dataset(scored, "none"), dataclasses.replace(lora_cfg, epochs=2, save_every_epochs=0.5), cache,
               tok, eval_dataset=masking.mask_dataset(scored[:2], "none"))
     assert [c["step"] for c in out.checkpoints] == [2, 4, 6]  # 4 steps per epoch; the end is out.adapter_dir
     assert all((d / "adapter_model.safetensors").is_file() for d in out.checkpoint_dirs())
@@ -293,45 +279,6 @@ def test_config_validation_names_the_key():
         load_profile("smoke", "training.kl_coef=0.1,training.finetune=full")
     with pytest.raises(ConfigError, match="scheduler"):
         load_profile("smoke", "training.scheduler=cosine_typo")
-    assert training.method_overrides("gt", "training.finetune=dora") == "training.finetune=dora,masking.rule=none"
-    # The pipeline passes sweep overrides as a JSON mapping; the result must still parse as one profile override.
-    merged = training.method_overrides("stm", '{"training.finetune":"dora"}')
-    assert parse_overrides(merged) == {"training": {"finetune": "dora"}, "masking": {"rule": "threshold"}}
-    with pytest.raises(ValueError, match="unknown method"):
-        training.method_overrides("nope")
-
-
-@pytest.mark.parametrize("loss", ["nll", "dft"])
-def test_compact_lm_head_gives_the_same_update_as_trl(tiny, tmp_path, monkeypatch, loss):
-    """Off GPU stmkit projects only trained positions; one SGD step (accumulation 4x2) matches TRL's own loss,
-    plain NLL and TRL's DFT (loss_type="dft") alike."""
-    _, tok = tiny
-    rows = _synthetic([1, 5, 30, 2, 9, 3, 17, 4], seed=1)
-    cfg = dataclasses.replace(BASE, optim="sgd", learning_rate=0.5, max_grad_norm=0.0, max_steps=1, grad_accum=4,
-                              loss=loss)
-    ours = run(rows, cfg, Cache(tmp_path / "a"), tok)
-    monkeypatch.setattr(training, "COMPACT_HEAD_OFF_GPU", False)
-    trl = run(rows, cfg, Cache(tmp_path / "b"), tok)
-    assert ours.record["compact_lm_head"] and not trl.record["compact_lm_head"]
-    assert ours.train_losses()["loss"].iloc[0] == pytest.approx(trl.train_losses()["loss"].iloc[0], rel=1e-5)
-    b_ours = _lora_b(training.load_trained(ours.adapter_dir, device="cpu")[0])
-    b_trl = _lora_b(training.load_trained(trl.adapter_dir, device="cpu")[0])
-    scale = max(float(v.abs().max()) for v in b_trl.values())
-    for name in b_trl:
-        torch.testing.assert_close(b_ours[name], b_trl[name], rtol=1e-4, atol=1e-5 * scale)
-
-
-def test_accelerate_configs_parse_and_build_their_plugins():
-    """Dry run of `accelerate launch --config_file ...` for each config: accelerate's parsing, validation, launch env."""
-    root = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
-    ddp = training.check_accelerate_config(root / "ddp.yaml")
-    assert ddp["distributed_type"].endswith("MULTI_GPU") and ddp["mixed_precision"] == "bf16"
-    fsdp = training.check_accelerate_config(root / "fsdp.yaml")
-    assert fsdp["env"]["ACCELERATE_USE_FSDP"] == "true" and fsdp["plugin"]["fsdp_version"] == 2
-    assert "FULL_STATE_DICT" in fsdp["plugin"]["state_dict_type"]
-    zero3 = training.check_accelerate_config(root / "deepspeed_zero3.yaml")
-    assert zero3["plugin"]["zero_stage"] == 3 and zero3["plugin"]["save_16bit"] is True
-    assert "ACCELERATE_USE_FSDP" not in os.environ  # the dry run leaves the environment as it was
 
 
 DDP_SCRIPT = '''
@@ -347,7 +294,7 @@ training.train("tiny-llama", rows, cfg, tokenizer=load_tokenizer("tiny-llama"), 
 '''
 
 
-def test_two_ddp_ranks_give_the_same_update_as_one_process(tmp_path):
+def test_two_ddp_ranks_give_the_same_update_as_one_process(tmp_path, lora_cfg, synthetic_rows):
     """torchrun, 2 CPU ranks (gloo) x batch 4 == 1 process x batch 8: the token mean spans all ranks."""
     import subprocess
     import sys
@@ -356,8 +303,8 @@ def test_two_ddp_ranks_give_the_same_update_as_one_process(tmp_path):
 
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
-    rows = json.dumps(_synthetic([1, 2, 4, 8, 16, 32, 3, 40]))
-    cfg = json.dumps(dataclasses.asdict(dataclasses.replace(BASE, optim="sgd", learning_rate=0.5, max_grad_norm=0.0,
+    rows = json.dumps(synthetic_rows([1, 2, 4, 8, 16, 32, 3, 40]))
+    cfg = json.dumps(dataclasses.asdict(dataclasses.replace(lora_cfg, optim="sgd", learning_rate=0.5, max_grad_norm=0.0,
                                                             max_steps=1)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     torchrun = Path(sys.executable).parent / "torchrun"
@@ -374,12 +321,12 @@ def test_two_ddp_ranks_give_the_same_update_as_one_process(tmp_path):
     assert record["world_size"] == 2 and record["examples_seen"] == 8 and record["distinct_examples_seen"] == 8
 
 
-def test_group_by_length_batches_similar_lengths_and_still_covers_every_row(tiny, cache):
+def test_group_by_length_batches_similar_lengths_and_still_covers_every_row(tiny, cache, lora_cfg, synthetic_rows):
     _, tok = tiny
     g = np.random.default_rng(3)
-    rows = _synthetic(g.integers(1, 60, 32).tolist())
+    rows = synthetic_rows(g.integers(1, 60, 32).tolist())
     lengths = [len(r["input_ids"]) for r in rows]
-    cfg = dataclasses.replace(BASE, optim="sgd", max_grad_norm=0.0, epochs=1)
+    cfg = dataclasses.replace(lora_cfg, optim="sgd", max_grad_norm=0.0, epochs=1)
     padded = lambda order: sum(2 * max(lengths[i] for i in mb) for mb in order)  # noqa: E731
     random_order = run(rows, cfg, cache, tok).order
     grouped = run(rows, dataclasses.replace(cfg, group_by_length=True), cache, tok).order
@@ -387,129 +334,30 @@ def test_group_by_length_batches_similar_lengths_and_still_covers_every_row(tiny
     assert padded(grouped) < 0.95 * padded(random_order), (padded(grouped), padded(random_order))
 
 
-@pytest.mark.parametrize("compact", [True, False])
-def test_non_finite_loss_stops_training_naming_the_step(tiny, tmp_path, monkeypatch, compact):
-    """NaN weights give a NaN loss: refused at the step it appears (stmkit's compact head and TRL's own loss)."""
-    from stmkit.numerics import NonFiniteError
-
-    _, tok = tiny
-    monkeypatch.setattr(training, "COMPACT_HEAD_OFF_GPU", compact)
-    trainer = training.build_trainer("tiny-llama", training.as_dataset(_synthetic([3, 4])), BASE, tmp_path,
-                                     tokenizer=tok, device="cpu", progress=False)
-    with torch.no_grad():
-        trainer.model.get_base_model().model.norm.weight.fill_(float("nan"))
-    with pytest.raises(NonFiniteError, match=r"training step 1\b.*loss"):
-        trainer.train()
-    lora_b = next(p for n, p in trainer.model.named_parameters() if "lora_B" in n)
-    with torch.no_grad():
-        lora_b.fill_(float("inf"))
-    with pytest.raises(NonFiniteError, match=r"weight .*lora_B.* to be saved"):  # the last step has no loss after it
-        training._save(trainer, tmp_path / "adapter")
-    assert not (tmp_path / "adapter").exists()
-
-
-def test_corrupted_cached_adapter_is_refused_on_a_cache_hit(tiny, scored, tmp_path):
+def test_corrupted_cached_adapter_is_refused_on_a_cache_hit(tiny, scored, tmp_path, lora_cfg):
     from stmkit.cache import CacheCorruptError
 
     _, tok = tiny
     cache = Cache(tmp_path)
     data = masking.mask_dataset(scored[:2], "none")
-    first = run(data, dataclasses.replace(BASE, max_steps=1), cache, tok)
+    first = run(data, dataclasses.replace(lora_cfg, max_steps=1), cache, tok)
     weights = first.adapter_dir / "adapter_model.safetensors"
     raw = bytearray(weights.read_bytes())
     mid = len(raw) // 2
     raw[mid : mid + 64] = b"\xff" * 64  # same size: NaN and huge weights where the adapter's numbers were
     weights.write_bytes(bytes(raw))
     with pytest.raises(CacheCorruptError, match=rf"{first.dir}.*adapter_model\.safetensors.*delete"):
-        run(data, dataclasses.replace(BASE, max_steps=1), cache, tok)
+        run(data, dataclasses.replace(lora_cfg, max_steps=1), cache, tok)
 
 
-def _batch(trainer, rows):
-    batch = trainer.data_collator([{**r, "_row": i} for i, r in enumerate(rows)])
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
-
-
-def _hand_weighted_loss(model, batch, weight_of) -> float:
-    """Mean over trained tokens of weight * NLL, from full logits and an explicit loop (no shared code)."""
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
-    total, n = 0.0, 0
-    labels = batch["labels"]
-    for b in range(labels.shape[0]):
-        for t in range(1, labels.shape[1]):
-            y = int(labels[b, t])
-            if y == -100:
-                continue
-            row = logits[b, t - 1]
-            logp = torch.log_softmax(row, -1)
-            total += -float(logp[y]) * weight_of(row, float(logp[y]))
-            n += 1
-    return total / n
-
-
-def _eaft_weight(row: torch.Tensor, _logp: float) -> float:
-    top = torch.sort(row, descending=True).values[:20]
-    p = torch.softmax(top, -1)
-    return float(-(p * p.log()).sum() / np.log(20))
-
-
-@pytest.mark.parametrize("compact", [True, False])
-def test_eaft_loss_equals_a_hand_computation(tiny, tmp_path, monkeypatch, compact):
-    """EAFT: each trained token's NLL times its top-20 entropy / log 20 (detached), averaged over trained tokens."""
-    _, tok = tiny
-    monkeypatch.setattr(training, "COMPACT_HEAD_OFF_GPU", compact)
-    rows = _synthetic([3, 12, 7], seed=4)
-    cfg = dataclasses.replace(BASE, loss="eaft")
-    trainer = training.build_trainer("tiny-llama", rows, cfg, tmp_path, tokenizer=tok, device="cpu", progress=False)
-    trainer.model.train()
-    batch = _batch(trainer, rows)
-    got = float(trainer.compute_loss(trainer.model, dict(batch)).detach())
-    want = _hand_weighted_loss(trainer.model, batch, _eaft_weight)
-    plain = _hand_weighted_loss(trainer.model, batch, lambda row, lp: 1.0)
-    assert got == pytest.approx(want, rel=1e-4)
-    assert got < plain  # the weights are in [0, 1] and a random model is far from uniform over its top 20
-
-
-def test_dft_and_eaft_weights_stop_the_gradient_through_the_weight():
-    logits = torch.randn(5, 50, requires_grad=True)
-    targets = torch.tensor([1, 2, 3, 4, 5])
-    logp = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0]
-    for loss in ("dft", "eaft"):
-        w = training.token_weights(loss, logits, logp)
-        assert not w.requires_grad and ((w >= 0) & (w <= 1)).all()
-    dft = training.token_weights("dft", logits, logp)
-    torch.testing.assert_close(dft, logp.exp().detach())
-    assert training.token_weights("nll", logits, logp) is None
-    with pytest.raises(ValueError, match="unknown training.loss"):
-        training.token_weights("focal", logits, logp)
-
-
-@pytest.mark.parametrize("loss", ["dft", "eaft"])
-def test_validation_loss_is_plain_nll_under_a_reweighted_training_loss(tiny, tmp_path, loss):
-    """Validation curves of different methods compare: evaluation ignores the training loss's token weights."""
-    _, tok = tiny
-    rows = _synthetic([4, 9], seed=5)
-    trainer = training.build_trainer("tiny-llama", rows, dataclasses.replace(BASE, loss=loss), tmp_path,
-                                     tokenizer=tok, device="cpu", progress=False)
-    trainer.model.eval()
-    batch = _batch(trainer, rows)
-    with torch.no_grad():
-        got = float(trainer.compute_loss(trainer.model, dict(batch)))
-    assert got == pytest.approx(_hand_weighted_loss(trainer.model, batch, lambda row, lp: 1.0), rel=1e-4)
-
-
-def test_sibling_methods_set_their_rule_and_loss_and_keep_old_cache_keys():
-    assert training.method_overrides("dft") == "masking.rule=none,training.loss=dft"
-    assert json.loads(training.method_overrides("eaft", '{"training.seed": 1}')) == {
-        "masking.rule": "none", "training.loss": "eaft", "training.seed": 1}
-    assert training.method_overrides("conflict") == "masking.rule=conflict"
-    keys = {loss: training.training_key(dataclasses.replace(BASE, loss=loss), "d", None, "m", 0, "cpu:float32")
+def test_each_training_loss_keys_apart_and_the_default_keeps_old_cache_keys(lora_cfg):
+    keys = {loss: training.training_key(dataclasses.replace(lora_cfg, loss=loss), "d", None, "m", 0, "cpu:float32")
             for loss in ("nll", "dft", "eaft")}
     assert len(set(keys.values())) == 3
     # the loss settings joined the config later: at their defaults the key is the one computed before them
     from stmkit.cache import content_key
     later = ("loss", "eaft_top_k", "eaft_alpha", "mixed_precision", "save_at_steps")
-    old = {k: v for k, v in dataclasses.asdict(BASE).items() if k not in later}
+    old = {k: v for k, v in dataclasses.asdict(lora_cfg).items() if k not in later}
     assert keys["nll"] == content_key("adapter", training.TRAINING_VERSION, config=old, data="d", eval=None,
                                       model="m", seed=0, precision="cpu:float32", world_size=1)
 
