@@ -408,12 +408,14 @@ def run_pipeline(
                 continue
             remaining = todo[todo.index(r):]
             done_times = [o.seconds for o in outcomes if o.status == "done"]
-            fallback = sum(done_times) / len(done_times) if done_times else 60.0
+            fallback = sum(done_times) / len(done_times) if done_times else None
             # cold cost measured here > recorded cost scaled to this machine > last execution here > mean so far
-            eta = sum(computed.get(x.name) or (expected[x.name].seconds if x.name in expected else None)
-                      or history.get(x.name, fallback) for x in remaining)
-            print(f"[{i}/{len(runs)}] {r.name} ({r.notebook}) elapsed {_fmt(time.perf_counter() - t_start)}, "
-                  f"~{_fmt(eta)} left", flush=True)
+            left = [computed.get(x.name) or (expected[x.name].seconds if x.name in expected else None)
+                    or history.get(x.name, fallback) for x in remaining]
+            eta = "time left unknown until a run finishes (no recorded cost)" if None in left else (
+                f"~{_fmt(sum(left))} left")
+            print(f"[{i}/{len(runs)}] {r.name} ({r.notebook}) elapsed {_fmt(time.perf_counter() - t_start)}, {eta}",
+                  flush=True)
             before = _cache_entries()
             out = execute(profile, r, keys[r.name], root)
             outcomes.append(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -192,6 +193,9 @@ def test_a_warm_rerun_keeps_the_wall_time_of_the_computing_execution(tmp_path):
     read = lambda f: json.loads((tmp_path / "out" / f).read_text())  # noqa: E731
     last, computed = read("pipeline_timings.json"), read("pipeline_timings_computed.json")
     assert set(last) == {"score", "figures"} and set(computed) == {"score"}  # the figures notebook caches nothing
+    # no recorded cost for these runs: no invented ETA before one has finished, then the mean of finished runs
+    assert "score (01_score_tokens) elapsed 0:00, time left unknown until a run finishes" in first.stdout
+    assert re.search(r"figures \(07_figures\) elapsed [0-9:]+, ~[0-9:]+ left", first.stdout), first.stdout
     (tmp_path / "out" / "runs" / "score" / "run.json").unlink()
     again = _reproduce(tmp_path / "out", "--sweep", str(sweep), env=env)
     assert again.returncode == 0 and "1 executed" in again.stdout, again.stdout + again.stderr
