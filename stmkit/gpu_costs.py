@@ -176,7 +176,7 @@ def _size(task: str, split: str, n: int) -> int:
 
 
 def estimate_run(run: Any, cfg: Any, costs: dict[str, Any] | None = None) -> GpuEstimate:
-    """GPU-hours, peak memory and disk of one sweep run (a pipeline.RunSpec) under its resolved profile `cfg`."""
+    """GPU-hours, peak memory and disk of one sweep run (a sweeps.RunSpec) under its resolved profile `cfg`."""
     from .evaluation import parse_task_spec, resolve_mode
 
     costs = costs or load_gpu_costs()

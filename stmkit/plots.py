@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,7 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
 
+from .analysis import entropy_quadrants  # noqa: E402
+from .forgetting_curve import MEASURES  # noqa: E402
+from .masking import stm_or_conflict_masks  # noqa: E402
 from .scoring import Scored  # noqa: E402
 
 METHOD_COLORS = {
@@ -54,8 +59,6 @@ def use_style() -> None:
 
 def save_figure(fig: Any, name: str, figures_dir: Path) -> list[Path]:
     """Write figures_dir/name.png and .pdf (each via a temp file and rename)."""
-    import os
-
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     out = []
@@ -82,8 +85,6 @@ def tokens_html(scored: Scored, tokenizer: Any, tau: float = 2.5, conflict_entro
 
     conflict_entropy: underline only the confident conflicts (PPL > tau and top-20 entropy / log 20 below it), the
     `conflict` masking rule. Hovering a token shows its PPL and, when scored with them, its entropies."""
-    from .masking import stm_or_conflict_masks
-
     mask = stm_or_conflict_masks([scored], tau, conflict_entropy)[0]
     what = (f"masks tokens with p &lt; {1 / tau:.2f}" if conflict_entropy is None else
             f"masks tokens with p &lt; {1 / tau:.2f} and top-20 entropy / log 20 &lt; {conflict_entropy:g}")
@@ -365,10 +366,6 @@ def probability_entropy_plane(sources: Mapping[str, Sequence[Scored]], tau: floa
     """Each source's response tokens on the probability x entropy plane (2-D density, log colour), with STM's
     threshold (p = 1/tau) and the entropy gate of conflict masking drawn; the lower-left box holds the confident
     conflicts. EAFT's weight is the y axis itself (top-20 entropy / log 20)."""
-    from matplotlib.colors import LogNorm
-
-    from .analysis import entropy_quadrants
-
     quadrants = entropy_quadrants(sources, tau, conflict_entropy).set_index("source")  # checks the entropies exist
     use_style()
     fig, axes = plt.subplots(1, len(sources), figsize=(4.6 * len(sources), 4.0), sharey=True, squeeze=False)
@@ -392,10 +389,6 @@ def probability_entropy_plane(sources: Mapping[str, Sequence[Scored]], tau: floa
 def forgetting_curve(rows: Sequence[Mapping[str, Any]], title: str = "") -> Any:
     """Where forgetting appears (stmkit.forgetting_curve rows): one panel per measure, estimate and 95% interval over
     optimizer steps (log scale), one line per training run."""
-    import matplotlib.pyplot as plt
-
-    from .forgetting_curve import MEASURES
-
     measures = [m for m in MEASURES if any(r["measure"] == m for r in rows)]
     fig, axes = plt.subplots(1, max(len(measures), 1), figsize=(5.5 * max(len(measures), 1), 3.6), squeeze=False)
     for ax, measure in zip(axes[0], measures, strict=False):
@@ -416,3 +409,62 @@ def forgetting_curve(rows: Sequence[Mapping[str, Any]], title: str = "") -> Any:
     fig.tight_layout()
     return fig
 
+
+def ppl_vs_bwt(points: pd.DataFrame) -> Any:
+    """Figure 2: BWT (95% intervals) against the mean PPL of the training labels, coloured by final training loss."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.errorbar(points["label_ppl"], points["bwt"], yerr=[points["bwt"] - points["bwt_low"],
+                                                          points["bwt_high"] - points["bwt"]],
+                fmt="none", ecolor="#bbbbbb", zorder=1)
+    sc = ax.scatter(points["label_ppl"], points["bwt"], c=points["final_train_loss"], cmap="viridis", zorder=2, s=40)
+    for _, r in points.iterrows():
+        ax.annotate(r["method"], (r["label_ppl"], r["bwt"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    fig.colorbar(sc, ax=ax, label="final training loss")
+    ax.set_xlabel("mean sequence PPL of the training labels (base model)")
+    ax.set_ylabel("BWT (%)")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_masked(points: pd.DataFrame) -> Any:
+    """Figures 5-6: accuracy on each task (95% intervals) against the share of tokens STM masked, a panel per task."""
+    use_style()
+    tasks = list(dict.fromkeys(points["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False)
+    for ax, t in zip(axes[0], tasks, strict=True):
+        xs = points[points["task"] == t].sort_values("masked_%")
+        ax.errorbar(xs["masked_%"], xs["accuracy"], yerr=[xs["accuracy"] - xs["ci_low"], xs["ci_high"] - xs["accuracy"]],
+                    marker="o", color=color("STM"), capsize=2)
+        ax.set_title(t + (" (target)" if t.split(":")[0] == xs["target"].iloc[0] else ""))
+        ax.set_xlabel("% tokens masked")
+    axes[0][0].set_ylabel("accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def regularization_lines(points: pd.DataFrame, refs: Mapping[str, float], title: str = "") -> Any:
+    """Figures 11-12: one line per regularised setting and checkpoint across weight decay, dropout, step and accuracy
+    (each axis scaled to its range), and a dashed line at each reference model's accuracy."""
+    axes_cols = ["weight_decay", "dropout", "step", "accuracy"]
+    use_style()
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    num = points[axes_cols].apply(pd.to_numeric, errors="coerce")
+    lo, hi = num.min(), num.max()
+    span = (hi - lo).replace(0, 1.0)
+    norm = (num - lo) / span
+    seen: set[str] = set()
+    for i, row in points.iterrows():  # one line per setting and checkpoint; one legend entry per setting
+        ys = [0.5 if pd.isna(v) else v for v in norm.loc[i]]
+        ax.plot(range(len(axes_cols)), ys, marker="o", color=color(row["method"]), alpha=0.8,
+                label=None if row["run"] in seen else f"{row['run']}")
+        seen.add(row["run"])
+    for lab, v in refs.items():
+        ax.axhline((v - lo["accuracy"]) / span["accuracy"], color=color(lab), ls="--", lw=1, label=f"{lab} ({v:.3f})")
+    ax.set_xticks(range(len(axes_cols)), [f"{c}\n[{lo[c]:g}, {hi[c]:g}]" if not pd.isna(lo[c]) else c
+                                          for c in axes_cols])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

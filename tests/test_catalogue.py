@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stmkit import catalogue, pipeline
+from stmkit import catalogue, sweeps
 from stmkit.config import ConfigError, load_profile
 from stmkit.report import Context, build_sections
 
@@ -34,12 +34,12 @@ def test_the_report_sections_carry_the_catalogue_titles_and_needs(tmp_path):
         assert (o.unavailable or o.needs) in s.body
 
 
-@pytest.mark.parametrize("sweep", sorted(p.stem for p in pipeline.SWEEPS_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("sweep", sorted(p.stem for p in sweeps.SWEEPS_DIR.glob("*.yaml")))
 def test_every_sweep_feeds_only_known_outputs(sweep):
-    path = pipeline.SWEEPS_DIR / f"{sweep}.yaml"
+    path = sweeps.SWEEPS_DIR / f"{sweep}.yaml"
     profile = yaml.safe_load(path.read_text()).get("profile", sweep)  # derived sweeps list their runs on loading
     known = set(catalogue.ORDER) | set(catalogue.KIT_OUTPUTS) | {catalogue.FEEDS_ALL}
-    for run in pipeline.load_sweep(profile, path):
+    for run in sweeps.load_sweep(profile, path):
         assert set(run.feeds) <= known, (sweep, run.name)
 
 
@@ -47,14 +47,14 @@ def test_a_sweep_naming_an_unknown_output_is_refused(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("profile: smoke\nruns:\n  - name: score\n    notebook: 01_score_tokens\n    for: [table99]\n")
     with pytest.raises(ConfigError, match="'for' names 'table99', which is not an output the kit knows"):
-        pipeline.load_sweep("smoke", path)
+        sweeps.load_sweep("smoke", path)
 
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu-demo", "cpu-full", "paper"])
 def test_what_a_profile_covers_is_in_the_catalogue_and_fed_by_its_sweep(profile):
     covers = load_profile(profile).covers
     assert set(covers) <= set(catalogue.ORDER)
-    fed = {f for r in pipeline.load_sweep(profile, None) for f in r.feeds if f != catalogue.FEEDS_ALL}
+    fed = {f for r in sweeps.load_sweep(profile, None) for f in r.feeds if f != catalogue.FEEDS_ALL}
     assert set(covers) <= fed, sorted(set(covers) - fed)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stmkit import estimate
-from stmkit.pipeline import RunSpec
+from stmkit.sweeps import RunSpec
 
 COSTS = {
     "reference": {"machine": "ref", "gflops": 100.0},

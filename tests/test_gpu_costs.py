@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from stmkit import gpu_costs, pipeline
+from stmkit import gpu_costs, pipeline, sweeps
 from stmkit.config import load_profile, replace
+from stmkit.experiment import REPO_ROOT
 from stmkit.gpu_costs import ARCHS, Arch
 
 
@@ -33,7 +34,7 @@ def test_shape_formulas_agree_with_transformers_and_peft_on_a_small_model():
 
 
 def _estimates(sweep: str | None = None):
-    runs = pipeline.load_sweep("paper", pipeline.resolve_sweep(sweep))
+    runs = sweeps.load_sweep("paper", sweeps.resolve_sweep(sweep))
     base = load_profile("paper")
     costs = gpu_costs.load_gpu_costs()
     return {r.name: gpu_costs.estimate_run(r, replace(base, r.overrides), costs) for r in runs}
@@ -67,11 +68,11 @@ def test_the_paper_dry_run_prints_the_gpu_table(capsys, tmp_path):
 
 def test_a_model_without_a_cost_model_is_named():
     with pytest.raises(ValueError, match="no GPU cost model for 'tiny-llama'"):
-        gpu_costs.estimate_run(pipeline.load_sweep("smoke")[0], load_profile("smoke"))
+        gpu_costs.estimate_run(sweeps.load_sweep("smoke")[0], load_profile("smoke"))
 
 
 def test_the_readme_quotes_the_dry_runs_totals():
-    readme = (pipeline.REPO_ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
     for sweep, label in [(None, "| `paper` (all of it) | 121 |"), ("paper-1gpu", "| 14 |")]:
         est = list(_estimates(sweep).values())
         hours, bound = sum(e.hours for e in est), sum(e.hours_bound for e in est)

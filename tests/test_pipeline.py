@@ -16,7 +16,8 @@ import yaml
 
 from stmkit import pipeline
 from stmkit.config import ConfigError
-from stmkit.pipeline import SWEEPS_DIR, RunSpec, is_complete, load_sweep, run_keys, select
+from stmkit.pipeline import is_complete, run_keys, select
+from stmkit.sweeps import SWEEPS_DIR, RunSpec, load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 

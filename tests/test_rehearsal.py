@@ -11,19 +11,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stmkit import datagen, pipeline, report
+from stmkit import datagen, report, sweeps
 from stmkit.config import ConfigError
 from stmkit.models import REGISTRY
 from stmkit.standins import FAMILIES
 from stmkit.tasks import load
 from stmkit.tasks.base import Example
 
-SWEEPS = pipeline.SWEEPS_DIR
+SWEEPS = sweeps.SWEEPS_DIR
 
 
 def test_rehearsal_lists_the_paper_runs_one_to_one_in_order():
-    paper = pipeline.load_sweep("paper")
-    rehearsal = pipeline.load_sweep("paper-rehearsal")
+    paper = sweeps.load_sweep("paper")
+    rehearsal = sweeps.load_sweep("paper-rehearsal")
     assert [(r.name, r.notebook, r.after, r.feeds) for r in rehearsal] == \
            [(r.name, r.notebook, r.after, r.feeds) for r in paper]
     replaced = yaml.safe_load((SWEEPS / "paper-rehearsal.yaml").read_text())["derive"]["params"]
@@ -38,8 +38,8 @@ def test_rehearsal_lists_the_paper_runs_one_to_one_in_order():
 
 
 def test_every_paper_model_is_rehearsed_by_the_stand_in_of_its_family():
-    paper = pipeline.load_sweep("paper")
-    rehearsal = pipeline.load_sweep("paper-rehearsal")
+    paper = sweeps.load_sweep("paper")
+    rehearsal = sweeps.load_sweep("paper-rehearsal")
     for p, r in zip(paper, rehearsal, strict=True):
         standin = r.overrides.get("model.name")
         if standin is None:
@@ -58,23 +58,23 @@ def _derived(tmp_path: Path, derive: dict) -> Path:
 
 def test_a_derived_sweep_must_map_every_model_and_name_real_runs(tmp_path):
     with pytest.raises(ConfigError, match="uses model 'gemma-2-2b-it', which 'derive: models' does not map"):
-        pipeline.load_sweep("paper-rehearsal", _derived(tmp_path, {"from": "paper", "models": {"x": "tiny-gemma2"}}))
+        sweeps.load_sweep("paper-rehearsal", _derived(tmp_path, {"from": "paper", "models": {"x": "tiny-gemma2"}}))
     models = yaml.safe_load((SWEEPS / "paper-rehearsal.yaml").read_text())["derive"]["models"]
     with pytest.raises(ConfigError, match="names 'nope', which is not a run of paper.yaml"):
-        pipeline.load_sweep("paper-rehearsal", _derived(tmp_path, {"from": "paper", "models": models,
+        sweeps.load_sweep("paper-rehearsal", _derived(tmp_path, {"from": "paper", "models": models,
                                                                    "runs": ["nope"]}))
     with pytest.raises(ConfigError, match="derives from 'gone'"):
-        pipeline.load_sweep("paper-rehearsal", _derived(tmp_path, {"from": "gone"}))
+        sweeps.load_sweep("paper-rehearsal", _derived(tmp_path, {"from": "gone"}))
 
 
 def test_a_chosen_run_brings_the_runs_its_parameters_and_after_name():
-    runs = pipeline.load_sweep("paper", SWEEPS / "paper-1gpu.yaml")
+    runs = sweeps.load_sweep("paper", SWEEPS / "paper-1gpu.yaml")
     names = [r.name for r in runs]
     # the evaluation names its training runs in a parameter, the trainings name the generation run
     assert names[0] == "gemma2b-mbpp-generate" and names[-1] == "gemma2b-mbpp-evaluate"
     assert {"gemma2b-mbpp-sft-self_output", "gemma2b-mbpp-sft-stm-tau1000", "gemma2b-mbpp-mask"} <= set(names)
     assert all(r.overrides["training.gradient_checkpointing"] is True for r in runs)
-    paper = [r.name for r in pipeline.load_sweep("paper")]
+    paper = [r.name for r in sweeps.load_sweep("paper")]
     assert names == [n for n in paper if n in set(names)]  # the paper's order
 
 
@@ -146,7 +146,7 @@ def test_rehearsal_subset_runs_each_family_through_the_real_notebooks(tmp_path):
     """One run of each notebook on each family's stand-in, as `make reproduce PROFILE=paper-rehearsal` runs them."""
     derive = yaml.safe_load((SWEEPS / "paper-rehearsal.yaml").read_text())["derive"]
     sweep = _derived(tmp_path, {**derive, "runs": SUBSET})
-    runs = pipeline.load_sweep("paper-rehearsal", sweep)
+    runs = sweeps.load_sweep("paper-rehearsal", sweep)
     families = {r.overrides.get("model.name") for r in runs} - {None}
     assert families == {"tiny-gemma2", "tiny-llama3", "tiny-mistral", "tiny-olmo2"}
     assert len(runs) == 8 and {r.notebook for r in runs} == {

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stmkit import report
+from stmkit.report import Context, Section, build_sections
+from stmkit.report.runs import GEMMA2B, LLAMA, OLMO, main_setting
 
 TASKS = ["mbpp", "arc_challenge", "arc_easy"]
 
@@ -107,9 +108,9 @@ def demo(tmp_path) -> Results:
     return res
 
 
-def _sections(res: Results, profile: str = "cpu-demo") -> dict[str, report.Section]:
-    ctx = report.Context.load(res.root, profile)
-    return {s.id: s for s in report.build_sections(ctx)}
+def _sections(res: Results, profile: str = "cpu-demo") -> dict[str, Section]:
+    ctx = Context.load(res.root, profile)
+    return {s.id: s for s in build_sections(ctx)}
 
 
 def test_every_generator_makes_its_output_from_matching_runs(demo):
@@ -158,7 +159,7 @@ def test_claims_follow_the_intervals(demo):
 
 def test_paper_models_get_their_own_tables(tmp_path):
     res = Results(tmp_path / "paper")
-    for model, short in ((report.LLAMA, "llama"), (report.GEMMA2B, "gemma"), (report.OLMO, "olmo")):
+    for model, short in ((LLAMA, "llama"), (GEMMA2B, "gemma"), (OLMO, "olmo")):
         lr = 2e-5  # the paper profile's: runs at another rate belong to the learning-rate table only
         res.sft(f"{short}-gt", model, "gt", masked=0.0, learning_rate=lr)
         res.sft(f"{short}-stm", model, "stm", masked=0.3, learning_rate=lr)
@@ -173,7 +174,7 @@ def test_paper_models_get_their_own_tables(tmp_path):
     t4 = pd.read_csv(res.root / "tables" / "table04_finetune.csv")
     assert set(t4["run"]) == {"gemma-gt", "gemma-stm", "gemma-dora-gt", "gemma-dora-stm"}
     t11 = pd.read_csv(res.root / "tables" / "table11_more_models.csv")
-    assert set(t11["model"]) == {report.OLMO}
+    assert set(t11["model"]) == {OLMO}
     assert secs["fig07"].status == "made"  # Gemma's convergence runs
     assert secs["table15"].status == "missing" and "ablation" in secs["table15"].body
 
@@ -189,8 +190,6 @@ def test_missing_inputs_say_what_they_need(tmp_path):
 
 
 def test_the_scale_line_counts_the_examples_a_run_trained_on(tmp_path):
-    from stmkit.report import Context
-
     ctx = Context(tmp_path, "paper", {})
     hub = {"config": {"model": {"name": "gemma-2-2b-it"}, "data": {"target": "mbpp", "n_train": 0}, "seed": 42}}
     assert "all training examples" in ctx.scale(hub)  # n_train 0 means the whole train split, not none
@@ -199,8 +198,6 @@ def test_the_scale_line_counts_the_examples_a_run_trained_on(tmp_path):
 
 
 def test_the_main_setting_comes_from_the_run_records_not_the_yaml_as_edited_since(tmp_path):
-    from stmkit.report import Context, main_setting
-
     recorded = {"profile_setting": {"learning_rate": 0.123, "finetune": "dora"}}
     assert main_setting(Context(tmp_path, "cpu-demo", {"a": recorded, "b": recorded})) == (0.123, "dora")
     other = {"profile_setting": {"learning_rate": 0.5, "finetune": "lora"}}
