@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .cache import Cache, atomic_write_text, content_key, dumps_finite
+from .transfer import load_metric
 
 DIVERSITY_VERSION = 1
 BLEU_SETTINGS = {"tokenizer": "13a", "max_order": 4, "smooth": True}
@@ -32,8 +33,6 @@ BLEU_SETTINGS = {"tokenizer": "13a", "max_order": 4, "smooth": True}
 
 @functools.cache
 def _bleu_metric() -> Any:
-    from .evaluation import load_metric
-
     return load_metric("bleu")
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from .cache import Cache, content_key, dumps_finite
 from .numerics import require_finite
+from .transfer import bootstrap_ci
 
 DRIFT_VERSION = 2  # 2: per-prompt KL recorded (the verdict's intervals resample prompts)
 KL_CHUNK = 1024  # response positions per full-vocabulary log-softmax (bounds memory for 256k vocabularies)
@@ -359,8 +360,6 @@ def _measure(
     finetuned: Any, tokenizer: Any, reference: DriftReference, base: Any | None, batch_size: int,
     max_tokens_per_batch: int, n_resamples: int, seed: int, progress: bool,
 ) -> dict[str, dict[str, Any]]:
-    from .evaluation import bootstrap_ci
-
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = [m.training for m in (finetuned, base) if m is not None]
     for m in (finetuned, base):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stmkit.tasks import bird, prompts
+from stmkit.tasks import bird, load, prompts
 from stmkit.tasks.base import Example
 
 
@@ -227,6 +227,17 @@ def test_missing_bird_directory_says_where_to_get_it(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="dev.json"):
         bird.load_bird_dev(tmp_path / "empty")
+
+
+def test_tasks_load_reads_the_dev_folder_it_is_given(tmp_path):
+    # stmkit.tasks.load passes data_dir to BIRD's loader; a task that ships its items ignores it.
+    folder = bird.ensure_dev_fixture()
+    items = load("bird", "test", 2, "hf", data_dir=str(folder))
+    assert [e.id for e in items] == [e.id for e in bird.load_items("test", 2, folder)]
+    assert Path(items[0].meta["db_path"]).parent.parent == folder / "dev_databases"
+    with pytest.raises(ValueError, match="BIRD is not on the Hugging Face hub"):
+        load("bird", "test", 2, "hf")
+    assert load("gsm8k", "test", 2, data_dir=str(tmp_path)) == load("gsm8k", "test", 2)
 
 
 def test_zipped_databases_and_bad_records_are_explained(tmp_path):

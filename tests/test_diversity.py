@@ -13,7 +13,7 @@ import pytest
 
 from stmkit import diversity, generation
 from stmkit.cache import Cache
-from stmkit.evaluation import load_metric
+from stmkit.transfer import load_metric
 
 
 @pytest.fixture(scope="module")

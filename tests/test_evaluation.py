@@ -1,5 +1,5 @@
 """Task evaluation: each task's checker on hand-made answers, MBPP and BIRD through the sandbox, log-likelihood
-multiple choice, the cached harness end to end on the tiny model, TI/BWT reports and the Table 12 layout."""
+mode, the cached harness end to end on the tiny model, TI/BWT reports and the Table 12 layout."""
 
 from __future__ import annotations
 
@@ -21,14 +21,12 @@ from stmkit.evaluation import (
     evaluate_model,
     evaluate_task,
     load_records,
-    loglik_choices,
     parse_task_spec,
     resolve_mode,
-    transfer_metrics,
     transfer_report,
 )
-from stmkit.tasks import Example, ScoreOptions, get_task, load, score
-from stmkit.tasks.arc import LETTERS
+from stmkit.tasks import LETTERS, Example, ScoreOptions, get_task, load, score
+from stmkit.transfer import transfer_metrics
 
 # --- each task's checker on hand-made generations -----------------------------------------------------------
 
@@ -111,30 +109,7 @@ def test_bird_standin_through_the_sandbox():
     assert _verdicts("bird", items, wrong) == [False, False]
 
 
-# --- log-likelihood multiple choice ---------------------------------------------------------------------------
-
-
-def test_loglik_equals_a_manual_forward(tiny):
-    model, tok = tiny
-    ctx, option = "Question: What is 2 + 3?\nAnswer:", "five"
-    (lp,) = loglik_choices(model, tok, [ctx], [[option]], progress=False)
-    c = tok(ctx)["input_ids"]
-    o = tok(" " + option, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([c + o])).logits[0].float()
-    manual = sum(torch.log_softmax(logits[len(c) - 1 + k], -1)[t].item() for k, t in enumerate(o))
-    assert lp[0] == pytest.approx(manual, abs=1e-4)
-
-
-@pytest.mark.parametrize("task", ["arc_easy", "sciq", "piqa"])
-def test_shared_context_cache_equals_separate_rows(tiny, task):
-    model, tok = tiny
-    items = load(task, "test", 5)
-    contexts = [get_task(task).loglik_context(ex) for ex in items]
-    kw = {"batch_size": 3, "progress": False}
-    shared = loglik_choices(model, tok, contexts, [ex.choices for ex in items], share_context=True, **kw)
-    rows = loglik_choices(model, tok, contexts, [ex.choices for ex in items], share_context=False, **kw)
-    assert np.allclose(np.concatenate(shared), np.concatenate(rows), atol=1e-4)
+# --- log-likelihood mode -------------------------------------------------------------------------------------
 
 
 def test_loglik_mode_picks_the_likely_option(tiny, tmp_path):
@@ -156,7 +131,7 @@ def test_loglik_mode_picks_the_likely_option(tiny, tmp_path):
     assert len(rec["choice_logprobs"]) == 3
 
 
-def test_loglik_refuses_non_finite_scores_naming_the_item(tiny, tmp_path):
+def test_loglik_mode_refuses_non_finite_scores_naming_the_item(tiny, tmp_path):
     from stmkit.numerics import NonFiniteError
 
     model, tok = tiny
@@ -164,9 +139,6 @@ def test_loglik_refuses_non_finite_scores_naming_the_item(tiny, tmp_path):
     with torch.no_grad():
         broken.model.norm.weight.fill_(float("nan"))
     items = load("arc_easy", "test", 2)
-    for share in (True, False):
-        with pytest.raises(NonFiniteError, match="item 0"):
-            loglik_choices(broken, tok, ["Q: a?", "Q: b?"], [["x", "y"], ["z"]], share_context=share, progress=False)
     with pytest.raises(NonFiniteError, match=re.escape(f"arc_easy item {items[0].id!r}")):
         evaluate_task(broken, tok, "arc_easy", items, "loglik", fingerprint="x", cache=Cache(tmp_path),
                       progress=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stmkit import sandbox
+from stmkit.sandbox import process
 
 IS_ROOT = os.geteuid() == 0
 root_only = pytest.mark.skipif(
@@ -84,7 +85,7 @@ def _assert_no_leftovers(before: set[int], wait_s: float = 3.0) -> None:
 @pytest.fixture(params=["namespaces", "fallback"])
 def layers(request, monkeypatch):
     """Run a test with the namespace layers, and again with them off (the in-child guard and subreaper sweep)."""
-    monkeypatch.setattr(sandbox, "USE_NAMESPACES", request.param == "namespaces")
+    monkeypatch.setattr(process, "USE_NAMESPACES", request.param == "namespaces")
     return request.param
 
 
@@ -157,7 +158,7 @@ def test_infinite_loop_times_out():
     t0 = time.monotonic()
     res = sandbox.run_python("while True:\n    pass\n", timeout_s=1.0)
     assert res.status == "timeout" and not res.passed
-    assert time.monotonic() - t0 < 1.0 + sandbox._GRACE_S + 1.0
+    assert time.monotonic() - t0 < 1.0 + process.GRACE_S + 1.0
 
 
 def test_fork_bomb_is_bounded_and_cleaned_up(layers):
@@ -490,13 +491,13 @@ def test_isolation_report_names_the_scratch_layer():
 
 def test_sql_never_reports_success_from_a_runner_that_did_not_finish(db, monkeypatch):
     # A runner that printed an "ok" report but was then stopped is not trusted: its process status decides first.
-    real = sandbox._execute
+    real = process.execute
 
     def stopped(*a, **k):
         res = real(*a, **k)
         return sandbox.SandboxResult("killed", -9, res.stdout, res.stderr, res.wall_s, res.isolation)
 
-    monkeypatch.setattr(sandbox, "_execute", stopped)
+    monkeypatch.setattr(process, "execute", stopped)
     res = sandbox.run_sql(db, "SELECT 1")
     assert res.status != "ok" and res.rows is None
 
@@ -586,9 +587,9 @@ def test_an_interpreter_under_tmp_makes_the_scratch_partial_and_swept(monkeypatc
     # An interpreter inside a scratch folder keeps that folder shared: the run must say so, and sweep it.
     if not IS_ROOT:
         pytest.skip("the sweep removes what uid nobody left: root only")
-    real = os.path.realpath(sandbox._code_interpreter(True))
+    real = os.path.realpath(sandbox.isolation_report()["code_interpreter"])
     resolve = os.path.realpath
-    monkeypatch.setattr(sandbox.os.path, "realpath",
+    monkeypatch.setattr(os.path, "realpath",
                         lambda p, *a, **k: "/tmp/elsewhere/python3" if p == real or resolve(p) == real
                         else resolve(p, *a, **k))
     tag = f"stmkit-leak-{os.getpid()}-partial"

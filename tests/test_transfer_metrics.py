@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stmkit.evaluation import (
+from stmkit.paper import PAPER_DATA_DIR, PAPER_FIGURES, paper_table, paper_tables
+from stmkit.transfer import (
     bootstrap_ci,
     load_metric,
     paired_bootstrap_transfer,
     transfer_metrics,
 )
-from stmkit.paper import PAPER_DATA_DIR, PAPER_FIGURES, paper_table, paper_tables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -495,7 +495,7 @@ def refuse(*args, **kwargs):
 socket.socket.connect = refuse
 socket.create_connection = refuse
 
-from stmkit.evaluation import load_metric
+from stmkit.transfer import load_metric
 
 acc = load_metric("accuracy").compute(predictions=["a", "b"], references=["a", "c"])
 tr = load_metric("transfer").compute(

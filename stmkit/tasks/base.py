@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SPLITS = ("train", "validation", "test")
+LETTERS = "ABCDE"  # a multiple-choice item's options by letter: its answer is LETTERS[gold_index]
 
 
 @dataclass(frozen=True)

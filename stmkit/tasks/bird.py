@@ -728,8 +728,8 @@ def load_items(
     return [e for e in items if e.id in chosen]
 
 
-def _load(split: str, n: int, source: str) -> list[Example]:
-    return load_items(split, n, source=source)
+def _load(split: str, n: int, source: str, data_dir: str | None) -> list[Example]:
+    return load_items(split, n, data_dir or None, source=source)
 
 
 TASK = register(

@@ -34,8 +34,9 @@ class Task:
     scorer: Callable[[Sequence[Example], Sequence[str], ScoreOptions], list[dict[str, Any]]] | None = None
     eval_mode: str = "generate"
     loglik_context: Callable[[Example], str] | None = None
-    # A task whose items are not embedded (BIRD): loader(split, n, source) replaces the committed-split lookup.
-    loader: Callable[[str, int, str], list[Example]] | None = None
+    # A task whose items are not embedded (BIRD): loader(split, n, source, data_dir) replaces the committed-split
+    # lookup; data_dir is a local copy of the task's data (BIRD's dev folder), None for the task's default.
+    loader: Callable[[str, int, str, str | None], list[Example]] | None = None
 
 
 TASKS: dict[str, Task] = {}
@@ -86,15 +87,21 @@ def _embedded_by_id(task_name: str) -> dict[str, Example]:
     return {e.id: e for e in task.embedded()}
 
 
-def load(task_name: str, split: str = "test", n: int = 0, source: str = "embedded") -> list[Example]:
-    """The first n items (0 = all) of a task's split, from the embedded files or the Hugging Face hub."""
+def load(
+    task_name: str, split: str = "test", n: int = 0, source: str = "embedded", data_dir: str | None = None
+) -> list[Example]:
+    """The first n items (0 = all) of a task's split, from the embedded files or the Hugging Face hub.
+
+    data_dir: a local copy of the data, for a task that reads one (BIRD's dev folder); tasks that ship their
+    items ignore it.
+    """
     task = get_task(task_name)
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}' for task {task.name} (splits: {', '.join(SPLITS)})")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if task.loader is not None:
-        return task.loader(split, n, source)
+        return task.loader(split, n, source, data_dir)
     if source in ("hf", "hub-fixture"):
         items = load_hub(task, split, fixture=source == "hub-fixture")
     elif source == "embedded":

@@ -19,10 +19,10 @@ Args (config "correctness"):
 Returns:
     accuracy (`float`): in [0, 1].
 Examples:
-    >>> acc = stmkit.evaluation.load_metric("accuracy")
+    >>> acc = stmkit.transfer.load_metric("accuracy")
     >>> acc.compute(predictions=["4", "7"], references=["4", "8"])
     {'accuracy': 0.5}
-    >>> stmkit.evaluation.load_metric("accuracy", config_name="correctness").compute(correct=[1, 0, 1, 1])
+    >>> stmkit.transfer.load_metric("accuracy", config_name="correctness").compute(correct=[1, 0, 1, 1])
     {'accuracy': 0.75}
 """
 

@@ -32,7 +32,7 @@ Returns:
     bleu (`float`, in [0, 1]), precisions (`list` of `float`), brevity_penalty, length_ratio, translation_length,
     reference_length; per_prediction_bleu (`list` of `float`) with per_prediction=True.
 Examples:
-    >>> bleu = stmkit.evaluation.load_metric("bleu")
+    >>> bleu = stmkit.transfer.load_metric("bleu")
     >>> bleu.compute(predictions=["the cat sat on the mat"], references=[["the cat sat on the mat"]])["bleu"]
     1.0
 """

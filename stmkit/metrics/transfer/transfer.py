@@ -1,9 +1,9 @@
-"""TI and BWT (the paper's transfer metrics) as an `evaluate` metric, wrapping stmkit.evaluation."""
+"""TI and BWT (the paper's transfer metrics) as an `evaluate` metric, wrapping stmkit.transfer."""
 
 import datasets
 import evaluate
 
-from stmkit.evaluation import transfer_metrics
+from stmkit.transfer import transfer_metrics
 
 _DESCRIPTION = """
 Target improvement (TI) and backward transfer (BWT), in percent, as defined in arXiv 2501.14315:
@@ -22,7 +22,7 @@ Returns:
     ti (`float`): target improvement, percent.
     bwt (`float`): backward transfer over the non-target tasks, percent.
 Examples:
-    >>> transfer = stmkit.evaluation.load_metric("transfer")
+    >>> transfer = stmkit.transfer.load_metric("transfer")
     >>> transfer.compute(task=["MBPP", "MATH", "GSM8K"], before=[0.5, 0.3, 0.7], after=[0.55, 0.27, 0.7],
     ...                  target="MBPP")
     {'ti': 10.0..., 'bwt': -5.0...}
