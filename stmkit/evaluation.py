@@ -141,10 +141,13 @@ def _records_generate(
     verdicts = score(task.name, items, texts, options)
     out = []
     for ex, comp, verdict in zip(items, completions, verdicts, strict=True):
+        # A scorer's further fields (IFEval: the verdict on each instruction) are kept in the record.
+        extra = {k: v for k, v in verdict.items() if k not in ("extracted", "correct", "error")}
         out.append({
             "id": ex.id, "task": ex.task, "mode": "generate", "generated": comp[0].text,
             "extracted": verdict["extracted"], "gold": ex.answer, "correct": bool(verdict["correct"]),
             "error": verdict.get("error", ""), "n_tokens": len(comp[0].token_ids), "finished": comp[0].finished,
+            **extra,
         })  # fmt: skip
     return out
 
@@ -232,11 +235,14 @@ def evaluate_task(
 
 
 def load_task_items(
-    task_spec: str, n_items: int, split: str = "test", source: str = "embedded", bird_dir: str | None = None
+    task_spec: str, n_items: int, split: str = "test", source: str = "embedded", bird_dir: str | None = None,
+    ifeval_path: str | None = None,
 ) -> list[Any]:
-    """The first n_items (0 = all) of a task's split; BIRD from bird_dir / $STMKIT_BIRD_DIR, else the stand-in."""
+    """The first n_items (0 = all) of a task's split; BIRD from bird_dir / $STMKIT_BIRD_DIR and IFEval from
+    ifeval_path / $STMKIT_IFEVAL_PATH when given, else their stand-ins."""
     name, _ = parse_task_spec(task_spec)
-    return load(name, split, n_items, source, data_dir=bird_dir or None)
+    data_dir = {"bird": bird_dir, "ifeval": ifeval_path}.get(name)  # each task's own local copy, never another's
+    return load(name, split, n_items, source, data_dir=data_dir or None)
 
 
 def evaluate_model(
@@ -256,7 +262,7 @@ def evaluate_model(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate a model on several tasks -> {task spec: {accuracy, ci_low, ci_high, n, items_path, mode, ...}}.
 
-    Settings (max_new_tokens, batch_size, sandbox_timeout_s, bootstrap, bird_dir) come from config, an
+    Settings (max_new_tokens, batch_size, sandbox_timeout_s, bootstrap, bird_dir, ifeval_path) come from config, an
     EvalConfig (defaults if None). With out_dir, each task's per-item JSONL is also written to
     out_dir/<task spec>.jsonl, and items_path points there.
     """
@@ -268,7 +274,7 @@ def evaluate_model(
     out: dict[str, dict[str, Any]] = {}
     for spec in tasks:
         name, mode = parse_task_spec(spec)
-        items = load_task_items(spec, n_items, split, source, cfg.bird_dir)
+        items = load_task_items(spec, n_items, split, source, cfg.bird_dir, cfg.ifeval_path)
         res = evaluate_task(
             model, tokenizer, name, items, mode or "auto", fingerprint=fp, split=split,
             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, sandbox_timeout_s=cfg.sandbox_timeout_s,

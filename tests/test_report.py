@@ -212,3 +212,37 @@ def test_a_run_records_its_profiles_own_setting_before_overrides(tmp_path, monke
     run = ex.start("sft", "smoke", "training.learning_rate=0.5,training.finetune=dora", "lr", "", "")
     assert run.profile.training.learning_rate == 0.5
     assert run.record.data["profile_setting"] == {"learning_rate": 1.0e-3, "finetune": "lora"}
+
+
+def test_table09_reads_prompt_and_instruction_level_ifeval_accuracy_from_the_items(tmp_path):
+    from stmkit.tasks import ifeval
+
+    res = Results(tmp_path / "cpu-full")
+    m = "smollm2-135m-instruct"
+    res.sft("sft-gt", m, "gt", masked=0.0)
+    res.sft("sft-stm", m, "stm", masked=0.3)
+    items = ifeval.build_standin(4)
+
+    def summary(name: str, answer: str) -> dict:
+        records = [{"id": e.id, **ifeval.score(e, answer)} for e in items]
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        acc = sum(r["correct"] for r in records) / len(records)
+        return {"ifeval": {"accuracy": acc, "ci_low": 0.0, "ci_high": 1.0, "n": len(records), "items_path": str(path)}}
+
+    def change(low: float, high: float) -> dict:
+        return {"per_task": {"ifeval": {"change": (low + high) / 2, "change_low": low, "change_high": high}}}
+
+    res.add("evaluate", "evaluate", _cfg(m), n_items=4,
+            accuracy={"Original": summary("o", "Tea is good."), "sft-gt": summary("g", ""),
+                      "sft-stm": summary("s", "Tea is good.")},
+            transfer={"sft-gt": change(-0.6, -0.3), "sft-stm": change(-0.1, 0.1)})
+    sec = _sections(res, "cpu-full")["table09"]
+    assert sec.status == "made", sec.body
+    assert "NOT IFEval" in sec.body and "Paper (Table 9" in sec.body
+    assert sec.claim.startswith("STM keeps instruction following better than ground truth") and ": yes" in sec.claim
+    df = pd.read_csv(res.root / "tables" / "table09_ifeval.csv")
+    assert list(df["run"]) == ["Original", "sft-gt", "sft-stm"]
+    expected = ifeval.accuracies([ifeval.score(e, "Tea is good.") for e in items])
+    assert df.loc[0, "instruction_strict"] == pytest.approx(expected["instruction_strict"])
+    assert df.loc[1, "instruction_strict"] == 0.0 and df.loc[0, "instructions"] == expected["n_instructions"]

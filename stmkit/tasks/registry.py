@@ -34,8 +34,9 @@ class Task:
     scorer: Callable[[Sequence[Example], Sequence[str], ScoreOptions], list[dict[str, Any]]] | None = None
     eval_mode: str = "generate"
     loglik_context: Callable[[Example], str] | None = None
-    # A task whose items are not embedded (BIRD): loader(split, n, source, data_dir) replaces the committed-split
-    # lookup; data_dir is a local copy of the task's data (BIRD's dev folder), None for the task's default.
+    # A task whose items are not embedded (BIRD, IFEval): loader(split, n, source, data_dir) replaces the
+    # committed-split lookup; data_dir is a local copy of the task's data (BIRD's dev folder, IFEval's JSONL file),
+    # None for the task's default.
     loader: Callable[[str, int, str, str | None], list[Example]] | None = None
 
 
@@ -49,7 +50,7 @@ def register(task: Task) -> Task:
 
 def get_task(name: str) -> Task:
     """The registered task called name (case-insensitive)."""
-    from . import arc, bird, gsm8k, math, mbpp, mc  # noqa: F401  (modules register themselves)
+    from . import arc, bird, gsm8k, ifeval, math, mbpp, mc  # noqa: F401  (modules register themselves)
 
     key = name.lower().replace("-", "_")
     if key not in TASKS:
