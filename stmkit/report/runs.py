@@ -169,6 +169,12 @@ def fmt_ci(v: Any, lo: Any, hi: Any) -> str:
     return "n/a" if v is None else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
+def interval_column(transfer: dict[str, Any], labels: Any, measure: str) -> list[str]:
+    """One formatted "estimate [low, high]" per model label for a transfer measure ("ti" or "bwt")."""
+    return [fmt_ci(*(transfer.get(lab, {}).get(k) for k in (measure, f"{measure}_low", f"{measure}_high")))
+            for lab in labels]
+
+
 def transfer_rows(ctx: Context, names: list[str] | None = None) -> pd.DataFrame:
     sft = sft_runs(ctx)
     _, transfer, drift, _ = evaluations(ctx)
@@ -252,10 +258,9 @@ def regularization(ctx: Context) -> tuple[str, dict[str, Any], pd.DataFrame] | N
     acc, transfer, drift, _ = evaluations(ctx)
     labels = [f"{name}/{r}" for r in df["run"]]
     df["TI_%"] = [transfer.get(lab, {}).get("ti") for lab in labels]
-    df["TI_95CI"] = [fmt_ci(*(transfer.get(lab, {}).get(k) for k in ("ti", "ti_low", "ti_high"))) for lab in labels]
+    df["TI_95CI"] = interval_column(transfer, labels, "ti")
     df["BWT_%"] = [transfer.get(lab, {}).get("bwt") for lab in labels]
-    df["BWT_95CI"] = [fmt_ci(*(transfer.get(lab, {}).get(k) for k in ("bwt", "bwt_low", "bwt_high")))
-                      for lab in labels]
+    df["BWT_95CI"] = interval_column(transfer, labels, "bwt")
     df["drift_KL"] = [drift.get(lab, {}).get("all", {}).get("kl") for lab in labels]
     df["evaluated"] = [lab in acc for lab in labels]
     # the paper's reading order first (config, ||ΔW||, TI/BWT, drift), then the training diagnostics

@@ -22,6 +22,7 @@ from .runs import (
     evaluations,
     fmt_ci,
     in_main_setting,
+    interval_column,
     is_plain,
     main_scope,
     main_setting,
@@ -189,7 +190,7 @@ def _dpf_table(ctx: Context, ident: str, model: str, paper_n: int) -> Section:
     if df.empty:
         return missing(ident, title, NEEDS[ident] + " (the DPF runs are not evaluated yet)")
     _, transfer, _, rec = evaluations(sub)
-    df["BWT_95CI"] = [fmt_ci(*(transfer.get(r, {}).get(k) for k in ("bwt", "bwt_low", "bwt_high"))) for r in df["run"]]
+    df["BWT_95CI"] = interval_column(transfer, df["run"], "bwt")
     files = save_table(df, f"{ident}_dpf", ctx.tables_dir,
                        f"Table {paper_n} (kit, {sub.scale(rec)}): accuracy [95% CI]; filtered_% = share of response "
                        "tokens masked; DPF masks tokens whose PPL rose under the ground-truth adapter.")
@@ -265,7 +266,7 @@ def _correctness(ctx: Context, ident: str, paper_n: int) -> Section:
     if len(df) <= 1:
         return missing(ident, title, NEEDS[ident] + " (the correctness runs are not evaluated yet)")
     _, transfer, _, rec = evaluations(ctx)
-    df["BWT_95CI"] = [fmt_ci(*(transfer.get(r, {}).get(k) for k in ("bwt", "bwt_low", "bwt_high"))) for r in df["run"]]
+    df["BWT_95CI"] = interval_column(transfer, df["run"], "bwt")
     files = save_table(df, f"{ident}_correctness", ctx.tables_dir,
                        f"Table {paper_n} (kit, {ctx.scale(rec)}): accuracy [95% CI] after training on Self-Output "
                        "sets with the given share of correct answers.")

@@ -70,6 +70,17 @@ def split_rank(task: str, item_id: str) -> str:
     return hashlib.sha256(f"stmkit-split-v1:{task}:{item_id}".encode()).hexdigest()
 
 
+def spread(task: str, items: list[Example], n: int, what: str) -> list[Example]:
+    """n items chosen by split_rank (a deterministic spread, not the first n), in their original order; all when n
+    is 0. Asking for more items than `what` holds is an error naming it."""
+    if n > len(items):
+        raise ValueError(f"asked for {n} items of {what}, which has only {len(items)}")
+    if not n:
+        return items
+    chosen = set(sorted((e.id for e in items), key=lambda i: split_rank(task, i))[:n])
+    return [e for e in items if e.id in chosen]
+
+
 def carve(task: str, ids: list[str], sizes: dict[str, int]) -> dict[str, list[str]]:
     """Split ids into named parts of the given sizes, in order of split_rank; the last part gets the rest."""
     ordered = sorted(ids, key=lambda i: split_rank(task, i))

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import sandbox
 from . import prompts
-from .base import Example, ScoreOptions, split_rank
+from .base import Example, ScoreOptions, spread
 from .registry import Task, register
 
 BIRD_URL = "https://bird-bench.github.io/"
@@ -719,13 +719,7 @@ def load_items(
         if n > len(items):
             raise ValueError(f"asked for {n} items of the BIRD stand-in, which has only {len(items)}")
         return items[:n] if n else items
-    items = load_bird_dev(folder, prompt_style=prompt_style)
-    if n > len(items):
-        raise ValueError(f"asked for {n} items of BIRD dev in {folder}, which has only {len(items)}")
-    if not n:
-        return items
-    chosen = set(sorted((e.id for e in items), key=lambda i: split_rank("bird", i))[:n])
-    return [e for e in items if e.id in chosen]
+    return spread("bird", load_bird_dev(folder, prompt_style=prompt_style), n, f"BIRD dev in {folder}")
 
 
 def _load(split: str, n: int, source: str, data_dir: str | None) -> list[Example]:

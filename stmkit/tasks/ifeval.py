@@ -41,7 +41,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .base import Example, ScoreOptions, split_rank
+from .base import Example, ScoreOptions, spread
 from .registry import Task, register
 
 PIN = "if-verifiable==0.1.2"
@@ -529,12 +529,7 @@ def load_items(split: str = "test", n: int = 0, path: str | Path | None = None, 
         return items[:n] if n else items
     else:
         raise ValueError(f"unknown data source '{source}' (use 'embedded', 'hf' or 'hub-fixture')")
-    if n > len(items):
-        raise ValueError(f"asked for {n} items of {what}, which has only {len(items)}")
-    if not n:
-        return items
-    chosen = set(sorted((e.id for e in items), key=lambda i: split_rank("ifeval", i))[:n])
-    return [e for e in items if e.id in chosen]
+    return spread("ifeval", items, n, what)
 
 
 def _load(split: str, n: int, source: str, data_dir: str | None) -> list[Example]:
