@@ -271,6 +271,7 @@ def _per_row(
     base: Any | None,
     rows: list[tuple[list[int], int]],
     pad_id: int,
+    *,
     batch_size: int,
     max_tokens: int,
     progress: bool,
@@ -341,8 +342,9 @@ def measure_drift(
         raise ValueError(f"mixed_precision={mixed_precision!r} must be one of {MIXED_PRECISIONS}")
     if fingerprint is None:
         with autocast(finetuned, mixed_precision):
-            return _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples,
-                            seed, progress)
+            return _measure(finetuned, tokenizer, reference, base, batch_size=batch_size,
+                            max_tokens_per_batch=max_tokens_per_batch, n_resamples=n_resamples, seed=seed,
+                            progress=progress)
     cache = cache or Cache()
     extra = {"mixed_precision": mixed_precision} if mixed_precision != "no" else {}  # earlier keys stay valid
     key = content_key("drift", DRIFT_VERSION, model=fingerprint, reference=reference.key, n_resamples=n_resamples,
@@ -351,15 +353,15 @@ def measure_drift(
     if hit is not None:
         return json.loads((hit / "drift.json").read_text())
     with autocast(finetuned, mixed_precision):
-        out = _measure(finetuned, tokenizer, reference, base, batch_size, max_tokens_per_batch, n_resamples, seed,
-                       progress)
+        out = _measure(finetuned, tokenizer, reference, base, batch_size=batch_size,
+                       max_tokens_per_batch=max_tokens_per_batch, n_resamples=n_resamples, seed=seed, progress=progress)
     with cache.put("drift", key, meta={"model": fingerprint, "reference": reference.key}) as tmp:
         (tmp / "drift.json").write_text(dumps_finite(out, f"drift of {fingerprint}"))
     return out
 
 
 def _measure(
-    finetuned: Any, tokenizer: Any, reference: DriftReference, base: Any | None, batch_size: int,
+    finetuned: Any, tokenizer: Any, reference: DriftReference, base: Any | None, *, batch_size: int,
     max_tokens_per_batch: int, n_resamples: int, seed: int, progress: bool,
 ) -> dict[str, dict[str, Any]]:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -376,8 +378,8 @@ def _measure(
             )
         names = [f"{it.task} prompt {it.id!r}" for it in reference.items]
         resp = _per_row(
-            finetuned, base, resp_rows, pad, batch_size, max_tokens_per_batch, progress, "drift: answers",
-            reference.base_memo, names,
+            finetuned, base, resp_rows, pad, batch_size=batch_size, max_tokens=max_tokens_per_batch,
+            progress=progress, desc="drift: answers", memo=reference.base_memo, names=names,
         )
         gold_items = [k for k, it in enumerate(reference.items) if it.gold_ids]
         gold_rows = [
@@ -385,8 +387,8 @@ def _measure(
             for k in gold_items
         ]
         gold = _per_row(
-            finetuned, base, gold_rows, pad, batch_size, max_tokens_per_batch, progress, "drift: gold",
-            reference.base_memo, [names[k] for k in gold_items],
+            finetuned, base, gold_rows, pad, batch_size=batch_size, max_tokens=max_tokens_per_batch,
+            progress=progress, desc="drift: gold", memo=reference.base_memo, names=[names[k] for k in gold_items],
         )
     finally:
         for m, flag in zip([m for m in (finetuned, base) if m is not None], was_training, strict=True):

@@ -229,6 +229,7 @@ def mask_dataset(
     scored: Sequence[Scored],
     rule: str = "threshold",
     tau: float = 2.5,
+    *,
     quantile: float = 0.2,
     seed: int = 0,
     fully_masked: str = "keep_eos",

@@ -1,0 +1,26 @@
+"""House rules of the code base that a reviewer would otherwise check by hand."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import stmkit
+
+PACKAGE = Path(stmkit.__file__).parent
+
+
+def _functions():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path.relative_to(PACKAGE.parent), node
+
+
+def test_no_function_takes_more_than_eight_positional_parameters():
+    too_many = []
+    for path, fn in _functions():
+        positional = [a.arg for a in fn.args.posonlyargs + fn.args.args if a.arg not in ("self", "cls")]
+        if len(positional) > 8:
+            too_many.append(f"{path}:{fn.lineno} {fn.name} ({len(positional)})")
+    assert not too_many, "make the trailing parameters keyword-only (*, ...): " + ", ".join(too_many)
