@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -48,10 +50,22 @@ def register(task: Task) -> Task:
     return task
 
 
+# Modules of this package that define no task; every other module registers its tasks when imported, so adding a
+# task is adding one module.
+NOT_TASKS = frozenset({"answers", "base", "embedded", "hub_fixtures", "prompts", "registry"})
+
+
+@cache
+def _discover() -> None:
+    """Import every task module of this package (once): each registers its tasks."""
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if module.name not in NOT_TASKS and not module.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{module.name}")
+
+
 def get_task(name: str) -> Task:
     """The registered task called name (case-insensitive)."""
-    from . import arc, bird, gsm8k, ifeval, math, mbpp, mc  # noqa: F401  (modules register themselves)
-
+    _discover()
     key = name.lower().replace("-", "_")
     if key not in TASKS:
         raise KeyError(f"unknown task '{name}' (tasks: {', '.join(sorted(TASKS))})")
