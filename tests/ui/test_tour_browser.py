@@ -182,6 +182,10 @@ def test_the_tour_runs_its_slider_moves_and_a_reload_keeps_the_tokens(lab, brows
     assert share1 == _expected_share(float(tau1))[0] and share1 < share0
 
     # Save (widget state included: make setup sets saveState), reload: the static view and the widgets come back.
+    # Save once the kernel has finished the slider's update: a save during it can miss the widget's model (seen on a
+    # machine under load: "Error displaying widget: model not found" after the reload).
+    _wait(browser, KERNEL_IDLE, 60, "the kernel to finish the slider's update")
+    time.sleep(1)
     browser.execute_script("return window.jupyterapp.commands.execute('docmanager:save');")
     saved = lab["work"] / "nb" / "00_tour.ipynb"
     deadline = time.time() + 30
