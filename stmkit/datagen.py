@@ -179,10 +179,12 @@ def score_candidates(
     """The candidates with their sequence PPL under the base model, scored in one pass (empty answers stay
     unscored): the correctness sets then pick from them without scoring the same answers again."""
     by_id = {ex.id: ex for ex in examples}
-    todo = [c for c in candidates if c.seq_ppl is None and c.text.strip()]
-    ppl = _lowest_ppl([(by_id[c.item_id], c.text) for c in todo], scorer) if todo else []
-    scored = {id(c): p for c, p in zip(todo, ppl, strict=True)}
-    return [replace(c, seq_ppl=scored[id(c)]) if id(c) in scored else c for c in candidates]
+    out = list(candidates)
+    todo = [i for i, c in enumerate(out) if c.seq_ppl is None and c.text.strip()]
+    ppl = _lowest_ppl([(by_id[out[i].item_id], out[i].text) for i in todo], scorer) if todo else []
+    for i, p in zip(todo, ppl, strict=True):
+        out[i] = replace(out[i], seq_ppl=p)
+    return out
 
 
 def mean_ppl_per_problem(candidates: Sequence[Candidate]) -> dict[str, float]:
