@@ -146,6 +146,23 @@ def _expected_share(tau: float) -> tuple[float, int]:
     return round(100 * masked / total, 1), total
 
 
+def _reload_and_read(driver, attempt: int) -> tuple[str, str]:
+    """Reload the page, bring the explorer's cell into view; (its static view's text, the page's text)."""
+    from selenium.webdriver.common.by import By
+
+    driver.refresh()
+    _wait(driver, KERNEL_IDLE, 120, "the notebook after reload")
+    # JupyterLab renders only the cells near the viewport: bring the explorer's cell (the 7th) into view first
+    driver.execute_script("const w = window.jupyterapp.shell.currentWidget.content;"
+                          "w.activeCellIndex = 6; w.scrollToItem(6, 'start');")
+    static = _wait(driver, "return Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
+                           ".map(e => e.innerText).find(t => t.includes('Static view at the starting tau')) || null;",
+                   30, "the static token view after reload")
+    time.sleep(2)
+    _shot(driver, "03_after_reload" if attempt == 0 else f"03_after_reload_{attempt + 1}")
+    return static, driver.find_element(By.TAG_NAME, "body").text
+
+
 def test_the_tour_runs_its_slider_moves_and_a_reload_keeps_the_tokens(lab, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -191,19 +208,21 @@ def test_the_tour_runs_its_slider_moves_and_a_reload_keeps_the_tokens(lab, brows
     deadline = time.time() + 30
     while "application/vnd.jupyter.widget-state+json" not in saved.read_text() and time.time() < deadline:
         time.sleep(1)
-    meta = json.loads(saved.read_text()).get("metadata", {})
-    assert "application/vnd.jupyter.widget-state+json" in meta.get("widgets", {}), "widget state not saved"
-    browser.refresh()
-    _wait(browser, KERNEL_IDLE, 120, "the notebook after reload")
-    # JupyterLab renders only the cells near the viewport: bring the explorer's cell (the 7th) into view first
-    browser.execute_script("const w = window.jupyterapp.shell.currentWidget.content;"
-                           "w.activeCellIndex = 6; w.scrollToItem(6, 'start');")
-    static = _wait(browser, "return Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
-                            ".map(e => e.innerText).find(t => t.includes('Static view at the starting tau')) || null;",
-                   30, "the static token view after reload")
-    time.sleep(2)
-    _shot(browser, "03_after_reload")
-    assert "STM masks tokens with probability below" in static
-    body = browser.find_element(By.TAG_NAME, "body").text
+    notebook = json.loads(saved.read_text())
+    state = notebook.get("metadata", {}).get("widgets", {}).get("application/vnd.jupyter.widget-state+json")
+    assert state, "widget state not saved"
+    # Every widget the saved outputs show is in the saved state, so the notebook reopened anywhere can draw it
+    shown = {o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for c in notebook["cells"]
+             for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})}
+    assert shown and shown <= set(state["state"]), f"widgets shown but not saved: {shown - set(state['state'])}"
+    body = ""
+    for attempt in range(2):
+        static, body = _reload_and_read(browser, attempt)
+        assert "STM masks tokens with probability below" in static
+        if "model not found" not in body:
+            break
+        # ipywidgets' own restore race (jupyter-widgets/ipywidgets#3231): on a busy machine the live widget can lose
+        # it once after a reload; the saved state was checked above, so a second reload tells a race from a break
+        print(f"reload {attempt + 1}: 'Error displaying widget: model not found'; reloading again")
     assert "Error displaying widget" not in body and "model not found" not in body
     print(f"kernel idle after {t_kernel:.0f} s; Run All {t_run:.0f} s; screenshots in {SHOTS}")
