@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -12,7 +13,8 @@ from typing import Any
 
 from .cache import atomic_write_json, atomic_write_text
 from .config import Profile, load_profile
-from .runinfo import RunRecord
+from .records import RunRecord, StageResults, results_type
+from .runinfo import RunLog
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,15 +63,15 @@ class Run:
         return self._runs(False) / name
 
     @cached_property
-    def record(self) -> RunRecord:
-        return RunRecord(self.dir, self.profile, self.stage, self.name, {"seed": self.profile.seed})
+    def log(self) -> RunLog:
+        return RunLog(self.dir, self.profile, self.stage, self.name, {"seed": self.profile.seed})
 
     @cached_property
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         from .models import load_model
 
         m = self.profile.model
-        with self.record.timed("load_model"):
+        with self.log.timed("load_model"):
             return load_model(m.name, m.device, m.dtype, m.revision)
 
     @property
@@ -149,17 +151,17 @@ class Run:
         from .scoring import score_examples
 
         c = self.profile.scoring
-        with self.record.timed(f"score_{label}"):
+        with self.log.timed(f"score_{label}"):
             scored, key = score_examples(
                 self.model, self.tokenizer, examples, model_fingerprint=self.model_fingerprint,
                 max_length=max_length or self.profile.data.max_length, batch_size=c.batch_size,
                 max_tokens_per_batch=c.max_tokens_per_batch,
             )
-        self.record.key(f"scores_{label}", key)
+        self.log.key(f"scores_{label}", key)
         from .cache import Cache
 
         # compute cost of these scores when they were made (cache hits cost nothing now)
-        self.record.data.setdefault("costs_s", {})[f"score_{label}"] = Cache().meta("scores", key).get("wall_s")
+        self.log.cost(f"score_{label}", Cache().meta("scores", key).get("wall_s"))
         return scored
 
     def generated_sets(self, run_name: str = "generate") -> dict[str, list[Any]]:
@@ -170,29 +172,30 @@ class Run:
         if not path.is_file():
             print(f"(no generated data yet: {path} is missing; run 03_generate_data for Self-Output/Rephrase rows)")
             return {}
-        sets = json.loads(path.read_text())["results"].get("sets", {})
+        sets = RunRecord.load(path).results.sets
         out = {}
         for label, file in sets.items():
             with open(file) as f:
                 out[label] = [Example.from_dict(json.loads(line)) for line in f if line.strip()]
         return out
 
-    def load_run(self, name: str) -> dict[str, Any]:
+    def load_run(self, name: str) -> RunRecord:
         """run.json of another run of the same profile (an upstream stage); a clear error if it has not run."""
         path = self._upstream(name) / "run.json"
         if not path.is_file():
             raise FileNotFoundError(
                 f"run '{name}' has no {path}; run its notebook first (or `make reproduce PROFILE={self.profile.name}`)"
             )
-        return json.loads(path.read_text())
+        return RunRecord.load(path)
 
-    def finish(self, **results: Any) -> Path:
-        """Record results and total time, and write run.json (the run's completion marker) atomically."""
-        for k, v in results.items():
-            self.record.result(k, v)
-        self.record.data["run_key"] = self.key
-        self.record.data["timings_s"]["total"] = round(time.perf_counter() - self.started, 3)
-        return self.record.write()
+    def finish(self, results: StageResults | None = None, **fields: Any) -> Path:
+        """Write run.json (the run's completion marker) atomically: its stage's typed results (records.py), built
+        from `fields` or given, with `fields` added to them; and the total time."""
+        cls = results_type(self.stage)
+        results = cls(**fields) if results is None else dataclasses.replace(results, **fields)
+        self.log.record.run_key = self.key
+        self.log.record.timings_s["total"] = round(time.perf_counter() - self.started, 3)
+        return self.log.write(results)
 
 
 def start(
@@ -210,7 +213,7 @@ def start(
     run = Run(prof, run_name or stage, stage, results_root(prof.name, results_dir), run_key, interactive=interactive)
     # what the report holds ablation runs to: the profile's own setting, before this run's overrides
     base = load_profile(profile) if overrides else prof
-    run.record.data["profile_setting"] = {"learning_rate": base.training.learning_rate,
+    run.log.record.profile_setting = {"learning_rate": base.training.learning_rate,
                                           "finetune": base.training.finetune}
     run.dir.mkdir(parents=True, exist_ok=True)
     stale = run.dir / "run.json"

@@ -19,6 +19,7 @@ import numpy as np
 from . import gold_nll
 from .drift import per_prompt_kl
 from .power import crossed_interval
+from .records import RunRecord
 
 MEASURES = {"gold_nll": "gold-answer NLL rise, non-target (nats/token)", "kl": "KL drift from the base (nats/token)"}
 _AT_STEP = re.compile(r"^(?P<run>.+)@step(?P<step>\d+)$")
@@ -34,18 +35,17 @@ def split_label(label: str, final_steps: Mapping[str, int]) -> tuple[str, int] |
     return None
 
 
-def has_checkpoints(evaluate_records: Sequence[Mapping[str, Any]]) -> bool:
+def has_checkpoints(evaluate_records: Sequence[RunRecord]) -> bool:
     """Whether any evaluation scored a training checkpoint ("<run>@step<N>"), i.e. there is a curve to draw."""
-    return any(_AT_STEP.match(label) for rec in evaluate_records for key in ("gold_nll", "drift")
-               for label in (rec.get("results", {}).get(key) or {}))
+    return any(_AT_STEP.match(label) for rec in evaluate_records
+               for label in (*rec.results.gold_nll, *rec.results.drift))
 
 
-def curve_rows(evaluate_records: Sequence[Mapping[str, Any]], final_steps: Mapping[str, int]) -> list[dict[str, Any]]:
+def curve_rows(evaluate_records: Sequence[RunRecord], final_steps: Mapping[str, int]) -> list[dict[str, Any]]:
     """One row per (run, step, measure): estimate and 95% interval over items; steps include the final model."""
     rows = []
     for rec in evaluate_records:
-        res = rec.get("results", {})
-        gold, drift_results = res.get("gold_nll") or {}, res.get("drift") or {}
+        gold, drift_results = rec.results.gold_nll, rec.results.drift
         base_gold = gold_nll.items_by_role(gold.get("Original", {})).get("non-target", {})
         for label in sorted(set(gold) | set(drift_results)):
             where = split_label(label, final_steps)

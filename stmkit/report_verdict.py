@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import drift, gold_nll, verdict
+from .records import RunRecord
 from .tables import save_table, to_markdown
 
 ARM_OF_METHOD = {"gt": "ground truth", "stm": "STM", "random": "random", "low": "low", "dft": "DFT", "eaft": "EAFT",
@@ -25,14 +26,14 @@ EOT_ARM = "STM, end-of-turn trained"
 def arm_of(info: dict[str, Any]) -> str | None:
     """The verdict arm of a training run (None: not one of the verdict's arms)."""
     arm = ARM_OF_METHOD.get(info.get("method") or "")
-    masking = info.get("record", {}).get("config", {}).get("masking", {})
+    masking = info["record"].config.get("masking", {}) if info.get("record") else {}
     if arm == "STM" and masking.get("train_end_of_turn"):
         return EOT_ARM
     return arm
 
 
-def seed_of(record: dict[str, Any]) -> int:
-    return int(record.get("config", {}).get("training", {}).get("seed", 0))
+def seed_of(record: RunRecord) -> int:
+    return int(record.config.get("training", {}).get("seed", 0))
 
 
 def _records(path: str) -> list[dict[str, Any]]:
@@ -43,8 +44,8 @@ def _accuracy_items(records: list[dict[str, Any]]) -> dict[str, float]:
     return {f"{r['task']}:{r['id']}": float(r["correct"]) for r in records}
 
 
-def collect(sft: dict[str, dict[str, Any]], evaluate_records: list[dict[str, Any]], score_record: dict[str, Any],
-            main_setting: Any, generate_record: dict[str, Any] | None = None) -> verdict.VerdictInput:
+def collect(sft: dict[str, dict[str, Any]], evaluate_records: list[RunRecord], score_record: RunRecord | None,
+            main_setting: Any, generate_record: RunRecord | None = None) -> verdict.VerdictInput:
     """VerdictInput from the report's training-run infos, the evaluate run records, the score run record and the
     generate run record."""
     arms: dict[str, dict[int, str]] = {}
@@ -58,16 +59,16 @@ def collect(sft: dict[str, dict[str, Any]], evaluate_records: list[dict[str, Any
                 duplicates.append(f"{name} (same arm and seed as {arms[arm][seed]})")
                 continue
             arms.setdefault(arm, {})[seed] = name
-            share = info["record"].get("results", {}).get("masking", {}).get("end_of_turn_masked_share")
+            share = info["record"].results.masking.get("end_of_turn_masked_share")
             if share is not None:
                 eot_masked.setdefault(arm, []).append(float(share))
     data = verdict.VerdictInput(arms=arms, paper=paper_numbers())
     data.notes = {"duplicates": duplicates,
                   "eot_masked": {arm: sum(v) / len(v) for arm, v in eot_masked.items()}}
     for rec in evaluate_records:
-        res = rec.get("results", {})
-        target = res.get("target")
-        for label, tasks in (res.get("accuracy") or {}).items():
+        res = rec.results
+        target = res.target
+        for label, tasks in res.accuracy.items():
             nontarget, tgt = {}, {}
             for spec, summary in tasks.items():
                 if not summary.get("items_path") or not Path(summary["items_path"]).is_file():
@@ -82,17 +83,17 @@ def collect(sft: dict[str, dict[str, Any]], evaluate_records: list[dict[str, Any
             for key, values in (("accuracy", nontarget), ("target_accuracy", tgt)):
                 if values:
                     data.items.setdefault((label, key), {}).update(values)
-        for label, tasks in (res.get("drift") or {}).items():
+        for label, tasks in res.drift.items():
             kl = drift.per_prompt_kl(tasks)
             if kl:
                 data.items.setdefault((label, "kl"), {}).update(kl)
-        for label, tasks in (res.get("gold_nll") or {}).items():
+        for label, tasks in res.gold_nll.items():
             for role, values in gold_nll.items_by_role(tasks).items():
                 key = "target_gold_nll" if role == "target" else "gold_nll"
                 data.items.setdefault((label, key), {}).update(values)
     data.delta_w = {name: float(info["delta_w"]) for name, info in sft.items() if info.get("delta_w") is not None}
-    data.seq_ppl = dict((score_record or {}).get("results", {}).get("seq_ppl") or {})
-    for source, ppl in ((generate_record or {}).get("results", {}).get("sample_ppl") or {}).items():
+    data.seq_ppl = dict(score_record.results.seq_ppl) if score_record else {}
+    for source, ppl in (generate_record.results.sample_ppl if generate_record else {}).items():
         data.seq_ppl[verdict.EVERY_SAMPLE[source]] = ppl
     return data
 

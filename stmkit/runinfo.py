@@ -1,4 +1,5 @@
-"""run.json: what a run was (resolved config, seeds, code and package versions, hardware) and how long it took."""
+"""What a run was (resolved config, seeds, code and package versions, hardware) and how long it took, collected
+while it works and written as run.json (a records.RunRecord)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_write_json
+from .records import RunRecord, StageResults, results_type
 
 PACKAGES = (
     "stmkit", "torch", "transformers", "trl", "peft", "datasets", "evaluate", "accelerate",
@@ -62,24 +64,18 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-class RunRecord:
-    """Collects timings and cache keys of a run and writes run.json atomically."""
+class RunLog:
+    """What a run collects while it works (timings, cache keys, input costs) until `write` turns it into run.json."""
 
     def __init__(self, out_dir: Path, profile: Any, stage: str, run_name: str, seeds: dict[str, int] | None = None):
         self.out_dir = Path(out_dir)
-        self.data: dict[str, Any] = {
-            "run": run_name,
-            "stage": stage,
-            "config": profile.to_dict() if hasattr(profile, "to_dict") else profile,
-            "seeds": seeds or {"seed": getattr(profile, "seed", 0)},
-            "git_commit": git_commit(),
-            "packages": package_versions(),
-            "hardware": hardware(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "timings_s": {},
-            "cache_keys": {},
-            "results": {},
-        }
+        self.stage = stage
+        self.record = RunRecord(
+            run=run_name, stage=stage, results=results_type(stage)(),
+            config=profile.to_dict() if hasattr(profile, "to_dict") else profile,
+            seeds=seeds or {"seed": getattr(profile, "seed", 0)}, git_commit=git_commit(),
+            packages=package_versions(), hardware=hardware(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -87,16 +83,21 @@ class RunRecord:
         try:
             yield
         finally:
-            self.data["timings_s"][name] = round(time.perf_counter() - t0, 3)
+            self.record.timings_s[name] = round(time.perf_counter() - t0, 3)
 
     def key(self, name: str, key: str) -> None:
-        self.data["cache_keys"][name] = key
+        self.record.cache_keys[name] = key
 
-    def result(self, name: str, value: Any) -> None:
-        self.data["results"][name] = value
+    def cost(self, name: str, seconds: float | None) -> None:
+        """The compute cost of an input when it was made (a cache hit costs nothing now)."""
+        self.record.costs_s[name] = seconds
 
-    def write(self) -> Path:
-        self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    def write(self, results: StageResults) -> Path:
+        if type(results) is not results_type(self.stage):
+            raise TypeError(f"the '{self.stage}' run records {results_type(self.stage).__name__}, "
+                            f"not {type(results).__name__}")
+        self.record.results = results
+        self.record.finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         path = self.out_dir / "run.json"
-        atomic_write_json(path, self.data, allow_nan=True)  # a record, not a cache entry: NaN = "undefined"
+        atomic_write_json(path, self.record.to_json(), allow_nan=True)  # a record, not a cache entry: NaN = "undefined"
         return path

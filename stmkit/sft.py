@@ -39,6 +39,7 @@ from . import adapters, experiment, masking
 from .analysis import ppl_stats
 from .cache import Cache
 from .models import pick_device
+from .records import SFTResults
 from .scoring import score_examples
 from .tasks import Example
 from .training import TrainResult, train
@@ -110,19 +111,19 @@ def label_ppl(scored: Sequence[Any]) -> float | None:
 def score_under(run: Any, model: Any, model_fp: str, examples: Sequence[Any], label: str) -> list[Any]:
     """run.score with another model (e.g. a trained run merged into the base) and its own fingerprint (cached)."""
     c = run.profile.scoring
-    with run.record.timed(f"score_{label}"):
+    with run.log.timed(f"score_{label}"):
         scored, key = score_examples(
             model, run.tokenizer, examples, model_fingerprint=model_fp, max_length=run.profile.data.max_length,
             batch_size=c.batch_size, max_tokens_per_batch=c.max_tokens_per_batch,
         )
-    run.record.key(f"scores_{label}", key)
-    run.record.data.setdefault("costs_s", {})[f"score_{label}"] = Cache().meta("scores", key).get("wall_s")
+    run.log.key(f"scores_{label}", key)
+    run.log.cost(f"score_{label}", Cache().meta("scores", key).get("wall_s"))
     return scored
 
 
 def ablation_examples(run: Any, generate_run: str, correctness: float) -> tuple[list[Any], dict[str, Any]]:
     """Tables 20-21: the Self-Output set of 03_generate_data whose correct_share_target equals correctness."""
-    sets = run.load_run(generate_run)["results"].get("ablation") or {}
+    sets = run.load_run(generate_run).results.ablation
     levels = sorted(float(v["correct_share_target"]) for v in sets.values())
     match = [(k, v) for k, v in sets.items() if math.isclose(float(v["correct_share_target"]), correctness)]
     if not match:
@@ -142,10 +143,10 @@ def ablation_examples(run: Any, generate_run: str, correctness: float) -> tuple[
     return examples, {"name": name, **entry}
 
 
-def _trained_run(run: Any, name: str, param: str) -> dict[str, Any]:
+def _trained_run(run: Any, name: str, param: str) -> SFTResults:
     """results of an earlier training run of the profile, checked to hold one model."""
-    res = run.load_run(name)["results"]
-    if not (res.get("adapter_dir") or res.get("model_dir")):
+    res = run.load_run(name).results
+    if not isinstance(res, SFTResults) or not (res.adapter_dir or res.model_dir):
         raise ValueError(f"{param} = {name!r}: that run recorded no adapter_dir or model_dir; name a 04_sft run")
     return res
 
@@ -197,13 +198,13 @@ def prepare_sft_data(
     init_res = None
     if init_run:
         init_res = _trained_run(run, init_run, "init_run")
-        if not init_res.get("adapter_dir") or init_res.get("model_dir"):
+        if not init_res.adapter_dir or init_res.model_dir:
             raise ValueError(f"init_run = {init_run!r} fine-tuned all weights (model_dir); continual fine-tuning "
                              "starts from a LoRA/DoRA run's adapter")
-        if init_res.get("init_adapter_dir"):
-            raise ValueError(f"init_run = {init_run!r} itself continues from {init_res.get('init_run')!r}; only two "
+        if init_res.init_adapter_dir:
+            raise ValueError(f"init_run = {init_run!r} itself continues from {init_res.init_run!r}; only two "
                              "stages are supported (paper Table 19)")
-        info["init_adapter_dir"] = str(Path(init_res["adapter_dir"]).resolve())
+        info["init_adapter_dir"] = str(Path(init_res.adapter_dir).resolve())
 
     if source == "ground_truth":
         examples, score_label = run.target_examples("train"), "ground_truth"
@@ -230,7 +231,8 @@ def prepare_sft_data(
         scored = run.score(examples, score_label)
         info["scoring_model"] = "base"
     else:
-        with adapters.trained_model(run.model, init_res, run.model_fingerprint, merge=True) as (model, fp, _):
+        with adapters.trained_model(run.model, init_res.trained_model(), run.model_fingerprint, merge=True) as (
+                model, fp, _):
             scored = score_under(run, model, fp, examples, f"{score_label}_after_{init_run}")
         info["scoring_model"] = f"base + {init_run}"
         info["scoring_fingerprint"] = fp
@@ -238,14 +240,15 @@ def prepare_sft_data(
     adapter_scored = None
     if reference_run:
         ref = _trained_run(run, reference_run, "reference_run")
-        ref_init = str(Path(ref["init_adapter_dir"]).resolve()) if ref.get("init_adapter_dir") else None
+        ref_init = str(Path(ref.init_adapter_dir).resolve()) if ref.init_adapter_dir else None
         if ref_init != info["init_adapter_dir"]:
             raise ValueError(
-                f"reference_run = {reference_run!r} starts from {ref.get('init_run') or 'the base'} but this run "
+                f"reference_run = {reference_run!r} starts from {ref.init_run or 'the base'} but this run "
                 f"starts from {init_run or 'the base'}: DPF compares two models of the same stage; name a reference "
                 "run with the same init_run"
             )
-        with adapters.trained_model(run.model, ref, run.model_fingerprint, merge=True) as (model, fp, _):
+        with adapters.trained_model(run.model, ref.trained_model(), run.model_fingerprint, merge=True) as (
+                model, fp, _):
             adapter_scored = score_under(run, model, fp, examples, f"{score_label}_under_{reference_run}")
         info["reference_fingerprint"] = fp
     data = masking.mask_dataset(scored, m.rule, tau=m.tau, quantile=m.quantile, seed=m.seed,
@@ -267,21 +270,21 @@ def train_sft(run: Any, prepared: SFTData, val_data: Any = None) -> TrainResult:
     """Train the prepared data with the profile's model and training settings; the adapter's key goes in run.json."""
     prof = run.profile
     run.release_model()  # training loads its own copy of the model; scoring is done
-    with run.record.timed("train"):
+    with run.log.timed("train"):
         result = train(prof.model.name, prepared.data, prof.training, tokenizer=run.tokenizer, eval_dataset=val_data,
                        device=prof.model.device, dtype=prof.model.dtype, revision=prof.model.revision,
                        init_adapter=prepared.init_adapter_dir)
-    run.record.key("adapter", result.key)
+    run.log.key("adapter", result.key)
     return result
 
 
-def run_results(prepared: SFTData, result: TrainResult) -> dict[str, Any]:
+def run_results(prepared: SFTData, result: TrainResult) -> SFTResults:
     """What run.json records of a training run: the model (adapter_dir for LoRA/DoRA, after init_adapter_dir when
     continual; model_dir for full fine-tuning), which 05_evaluate loads, and where its data came from."""
     where = {"model_dir" if result.finetune == "full" else "adapter_dir": str(result.adapter_dir)}
-    return {"method": prepared.method, "label": prepared.label, **where, **prepared.info,
-            "masking": prepared.data.stats, "training": result.summary(),
-            "final_train_loss": result.record.get("final_train_loss")}
+    return SFTResults(method=prepared.method, label=prepared.label, **where, **prepared.info,
+                      masking=prepared.data.stats, training=result.summary(),
+                      final_train_loss=result.record.get("final_train_loss"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -374,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         val_data = validation_data(run)
     result = train_sft(run, prepared, val_data)
     if state.is_main_process:
-        print(run.finish(**run_results(prepared, result)))
+        print(run.finish(run_results(prepared, result)))
     return 0
 
 

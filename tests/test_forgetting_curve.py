@@ -10,6 +10,7 @@ import pytest
 from stmkit import forgetting_curve, masking, training
 from stmkit.cache import Cache
 from stmkit.config import TrainingConfig
+from stmkit.records import EvaluationResults, RunRecord
 from stmkit.scoring import render_examples, score_rendered
 from stmkit.tasks import load
 
@@ -27,7 +28,7 @@ def test_training_saves_checkpoints_at_the_chosen_steps(tiny, tmp_path):
         dataclasses.replace(cfg, save_at_steps=(0,)).validate("training")
 
 
-def _record(tmp_path, label_rises: dict[str, float], kl: dict[str, float]) -> dict:
+def _record(tmp_path, label_rises: dict[str, float], kl: dict[str, float]) -> RunRecord:
     """An evaluate record as 05_evaluate writes it: per-item gold NLL files, per-prompt KL."""
     base = {f"q{i}": 1.0 + 0.01 * i for i in range(20)}
     gold, drift = {}, {}
@@ -39,7 +40,7 @@ def _record(tmp_path, label_rises: dict[str, float], kl: dict[str, float]) -> di
     for label, value in kl.items():
         drift[label] = {"all": {"kl": value},
                         "arc_easy": {"per_prompt_kl": {f"p{i}": value + 0.01 * (i % 3) for i in range(10)}}}
-    return {"results": {"gold_nll": gold, "drift": drift}}
+    return RunRecord(run="evaluate", stage="evaluate", results=EvaluationResults(gold_nll=gold, drift=drift))
 
 
 def test_curve_rows_and_where_forgetting_first_shows(tmp_path):

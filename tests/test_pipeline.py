@@ -283,5 +283,5 @@ def test_a_notebook_run_by_hand_never_replaces_the_pipelines_run(tmp_path, monke
     record = json.loads((tmp_path / "smoke" / "runs" / "score" / "run.json").read_text())
     assert record["run_key"] == "key-from-the-pipeline" and record["results"]["table01"] == []
     # an interactive notebook reads its own upstream runs first, then the pipeline's
-    assert hand.load_run("score")["results"]["table01"] == [{"by": "hand"}]
-    assert batch.load_run("score")["results"]["table01"] == []
+    assert hand.load_run("score").results.table01 == [{"by": "hand"}]
+    assert batch.load_run("score").results.table01 == []

@@ -1,6 +1,6 @@
 """Report generators: every paper table and figure from recorded runs, and a clear 'missing' when inputs lack.
 
-The records here are synthetic run.json files in the shape the notebooks write (the smoke pipeline test builds a
+The records here are synthetic run.json files written through the same record types as the notebooks (the smoke pipeline test builds a
 real report end to end); they let each generator's 'made' path run for profiles a test cannot afford (paper).
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from stmkit.records import RunRecord, ScoringResults, SFTResults, results_type
 from stmkit.report import Context, Section, build_sections
 from stmkit.report.runs import GEMMA2B, LLAMA, OLMO, main_setting
 
@@ -41,9 +42,11 @@ class Results:
         self.root = root
 
     def add(self, name: str, stage: str, config: dict, **results) -> None:
+        """One run.json written as Run.finish writes it: its stage's typed results inside a RunRecord."""
         folder = self.root / "runs" / name
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "run.json").write_text(json.dumps({"stage": stage, "config": config, "results": results}))
+        record = RunRecord(run=name, stage=stage, results=results_type(stage)(**results), config=config)
+        (folder / "run.json").write_text(json.dumps(record.to_json()))
 
     def sft(self, name: str, model: str, method: str, target: str = "mbpp", masked: float = 0.2, **extra) -> None:
         training = {k: extra.pop(k) for k in list(extra) if k in ("finetune", "learning_rate", "weight_decay",
@@ -191,16 +194,21 @@ def test_missing_inputs_say_what_they_need(tmp_path):
 
 def test_the_scale_line_counts_the_examples_a_run_trained_on(tmp_path):
     ctx = Context(tmp_path, "paper", {})
-    hub = {"config": {"model": {"name": "gemma-2-2b-it"}, "data": {"target": "mbpp", "n_train": 0}, "seed": 42}}
+    config = {"model": {"name": "gemma-2-2b-it"}, "data": {"target": "mbpp", "n_train": 0}, "seed": 42}
+    hub = RunRecord(run="score", stage="score", results=ScoringResults(), config=config)
     assert "all training examples" in ctx.scale(hub)  # n_train 0 means the whole train split, not none
-    trained = {**hub, "results": {"training": {"examples": 374}}}
+    trained = RunRecord(run="sft", stage="sft", results=SFTResults(training={"examples": 374}), config=config)
     assert "374 training examples" in ctx.scale(trained)
 
 
 def test_the_main_setting_comes_from_the_run_records_not_the_yaml_as_edited_since(tmp_path):
-    recorded = {"profile_setting": {"learning_rate": 0.123, "finetune": "dora"}}
+    def run(lr: float, finetune: str) -> RunRecord:
+        return RunRecord(run="sft", stage="sft", results=SFTResults(),
+                         profile_setting={"learning_rate": lr, "finetune": finetune})
+
+    recorded = run(0.123, "dora")
     assert main_setting(Context(tmp_path, "cpu-demo", {"a": recorded, "b": recorded})) == (0.123, "dora")
-    other = {"profile_setting": {"learning_rate": 0.5, "finetune": "lora"}}
+    other = run(0.5, "lora")
     with pytest.raises(ValueError, match="differently configured profiles"):
         main_setting(Context(tmp_path, "cpu-demo", {"a": recorded, "b": other}))
 
@@ -211,7 +219,7 @@ def test_a_run_records_its_profiles_own_setting_before_overrides(tmp_path, monke
     monkeypatch.setenv("STMKIT_RESULTS", str(tmp_path))
     run = ex.start("sft", "smoke", "training.learning_rate=0.5,training.finetune=dora", "lr", "", "")
     assert run.profile.training.learning_rate == 0.5
-    assert run.record.data["profile_setting"] == {"learning_rate": 1.0e-3, "finetune": "lora"}
+    assert run.log.record.profile_setting == {"learning_rate": 1.0e-3, "finetune": "lora"}
 
 
 def test_table09_reads_prompt_and_instruction_level_ifeval_accuracy_from_the_items(tmp_path):

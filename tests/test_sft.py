@@ -16,6 +16,7 @@ import stmkit.experiment as ex
 from stmkit import adapters, datagen, evaluation, masking, sft, training
 from stmkit.cache import atomic_write_json
 from stmkit.config import parse_overrides
+from stmkit.records import GenerationResults, RunRecord, SFTResults, StageResults
 from stmkit.scoring import render_examples, score_rendered
 from stmkit.tasks import load
 
@@ -36,9 +37,10 @@ def start(env: Path, method: str, name: str) -> ex.Run:
     return ex.start("sft", "smoke", sft.method_overrides(method, ""), name, str(env / "results"))
 
 
-def record_run(env: Path, name: str, results: dict) -> None:
-    """What a finished run leaves for the runs after it: run.json with its results."""
-    atomic_write_json(env / "results" / "runs" / name / "run.json", {"results": results})
+def record_run(env: Path, name: str, results: StageResults) -> None:
+    """What a finished run leaves for the runs after it: run.json with its typed results."""
+    record = RunRecord(run=name, stage=results.STAGE, results=results)
+    atomic_write_json(env / "results" / "runs" / name / "run.json", record.to_json())
 
 
 def train_run(run: ex.Run, prepared: sft.SFTData) -> training.TrainResult:
@@ -80,7 +82,7 @@ def gt_run(env):
     run = start(env, "gt", "sft-gt")
     prepared = sft.prepare_sft_data(run, "gt")
     res = train_run(run, prepared)
-    record_run(env, "sft-gt", {"adapter_dir": str(res.adapter_dir), **prepared.info})
+    record_run(env, "sft-gt", SFTResults(adapter_dir=str(res.adapter_dir), **prepared.info))
     return run, prepared, res
 
 
@@ -93,7 +95,7 @@ def test_dpf_masks_by_the_rise_under_the_reference_run(env, gt_run):
     assert dpf.label == "DPF" and dpf.info["reference_run"] == "sft-gt" and dpf.data.rule == "dpf"
     base_fp = run.model_fingerprint
     assert dpf.info["reference_fingerprint"] == adapters.combined_fingerprint(base_fp, gt_res.adapter_dir)
-    assert "scores_ground_truth_under_sft-gt" in run.record.data["cache_keys"]  # cached under its own fingerprint
+    assert "scores_ground_truth_under_sft-gt" in run.log.record.cache_keys  # cached under its own fingerprint
     # The same masks by hand: the examples scored under the base with sft-gt's adapter merged.
     with adapters.trained_model(run.model, {"adapter_dir": str(gt_res.adapter_dir)}, base_fp) as (tuned, _, _b):
         rendered = render_examples(run.tokenizer, run.target_examples("train"), run.profile.data.max_length)
@@ -120,7 +122,7 @@ def test_dpf_parameters_are_checked_by_name(env, gt_run):
         sft.prepare_sft_data(start(env, "stm", "sft-stm-bad"), "stm", reference_run="sft-gt")
     with pytest.raises(FileNotFoundError, match="run 'sft-missing' has no"):
         sft.prepare_sft_data(start(env, "dpf", "sft-dpf-bad"), "dpf", reference_run="sft-missing")
-    record_run(env, "half-done", {"masking": {}})
+    record_run(env, "half-done", SFTResults())
     with pytest.raises(ValueError, match="reference_run = 'half-done': that run recorded no adapter_dir"):
         sft.prepare_sft_data(start(env, "dpf", "sft-dpf-bad"), "dpf", reference_run="half-done")
 
@@ -148,9 +150,9 @@ def test_continual_run_scores_after_stage_one_and_trains_on_top(env, gt_run):
     res = train_run(run, nxt)
     assert res.record["init_adapter"] == nxt.init_adapter_dir
     assert res.record["init_adapter_fingerprint"] == adapters.adapter_fingerprint(gt_res.adapter_dir)
-    results = {"adapter_dir": str(res.adapter_dir), **nxt.info}
+    results = SFTResults(adapter_dir=str(res.adapter_dir), **nxt.info)
     ids = torch.tensor([nxt.data.input_ids[0]])
-    with adapters.trained_model(run.model, results, base_fp) as (model, fp, base):
+    with adapters.trained_model(run.model, results.trained_model(), base_fp) as (model, fp, base):
         assert fp == adapters.combined_fingerprint(stage1_fp, res.adapter_dir) and base is run.model
         with torch.no_grad():
             got = model(input_ids=ids).logits
@@ -159,13 +161,13 @@ def test_continual_run_scores_after_stage_one_and_trains_on_top(env, gt_run):
         torch.testing.assert_close(loaded(input_ids=ids).logits, got, rtol=1e-4, atol=1e-4)
         assert (got - run.model(input_ids=ids).logits).abs().max() > 0
     with pytest.raises(ValueError, match="init_adapter_dir.*merge=True"):
-        with adapters.trained_model(run.model, results, base_fp, merge=False):
+        with adapters.trained_model(run.model, results.trained_model(), base_fp, merge=False):
             pass
     # a third stage, a fully fine-tuned start, and a DPF reference from another stage are refused by name
     record_run(env, "sft-stm-next", results)
     with pytest.raises(ValueError, match="init_run = 'sft-stm-next' itself continues from 'sft-gt'"):
         sft.prepare_sft_data(start(env, "stm", "x"), "stm", init_run="sft-stm-next")
-    record_run(env, "sft-full", {"model_dir": str(env)})
+    record_run(env, "sft-full", SFTResults(model_dir=str(env)))
     with pytest.raises(ValueError, match="init_run = 'sft-full' fine-tuned all weights"):
         sft.prepare_sft_data(start(env, "stm", "x"), "stm", init_run="sft-full")
     with pytest.raises(ValueError, match="DPF compares two models of the same stage"):
@@ -184,7 +186,7 @@ def _ablation_generate_run(env: Path) -> None:
         label = f"Self-Output {round(100 * share)}% correct"
         sets[label] = {"path": str(path), "label": label, "problems": 4, "kept": len(examples),
                        "correct_share_target": share, "correct_kept": good, "incorrect_kept": len(examples) - good}
-    record_run(env, "generate", {"sets": {}, "ablation": sets})
+    record_run(env, "generate", GenerationResults(ablation=sets))
 
 
 def test_correctness_trains_on_the_matching_ablation_set(env):

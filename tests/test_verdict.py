@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from stmkit import verdict
+from stmkit.records import EvaluationResults, GenerationResults, RunRecord, ScoringResults, SFTResults
 from stmkit.verdict import BASE, VerdictInput
 
 
@@ -70,12 +71,14 @@ def test_report_section_from_run_records(tmp_path):
     items = tmp_path / "items.jsonl"
     items.write_text('{"task": "arc_easy", "id": "1", "correct": true}\n{"task": "arc_easy", "id": "2", "correct": false}\n')
     sft = {
-        f"sft-{m}-s{s}": {"method": m, "delta_w": 1.0 + s, "record": {"config": {"training": {"seed": s}, "masking": {}}}}
+        f"sft-{m}-s{s}": {"method": m, "delta_w": 1.0 + s,
+                          "record": RunRecord(run=f"sft-{m}-s{s}", stage="sft", results=SFTResults(method=m),
+                                              config={"training": {"seed": s}, "masking": {}})}
         for m in ("gt", "stm") for s in (0, 1)
     }
-    ev = {"results": {"target": "mbpp", "accuracy": {name: {"arc_easy": {"items_path": str(items)}}
-                                                     for name in [*sft, "Original"]}}}
-    data = report_verdict.collect(sft, [ev], {}, lambda info: True)
+    ev = RunRecord(run="evaluate", stage="evaluate", results=EvaluationResults(
+        target="mbpp", accuracy={name: {"arc_easy": {"items_path": str(items)}} for name in [*sft, "Original"]}))
+    data = report_verdict.collect(sft, [ev], None, lambda info: True)
     assert data.arms == {"ground truth": {0: "sft-gt-s0", 1: "sft-gt-s1"}, "STM": {0: "sft-stm-s0", 1: "sft-stm-s1"}}
     md = report_verdict.section(data, tmp_path / "tables", "tiny")
     assert md.startswith("## Verdict at this scale") and "BWT" in md and (tmp_path / "tables" / "verdict.csv").is_file()
@@ -184,9 +187,11 @@ def test_claim6_also_reads_every_sampled_answer_from_the_generate_record():
 
     rng = np.random.default_rng(1)
     gt = {str(i): 4.0 + rng.random() for i in range(24)}
-    score = {"results": {"seq_ppl": {"Ground Truth": gt, "Self-Output": {}}}}  # no sample passed the tests
-    generate = {"results": {"sample_ppl": {"Self-Output": {k: 1.3 + 0.1 * rng.random() for k in gt},
-                                           "Rephrase": {k: 2.0 + 0.1 * rng.random() for k in gt}}}}
+    # no sample passed the tests
+    score = RunRecord(run="score", stage="score", results=ScoringResults(seq_ppl={"Ground Truth": gt,
+                                                                                   "Self-Output": {}}))
+    generate = RunRecord(run="generate", stage="generate", results=GenerationResults(sample_ppl={
+        "Self-Output": {k: 1.3 + 0.1 * rng.random() for k in gt}, "Rephrase": {k: 2.0 + 0.1 * rng.random() for k in gt}}))
     rows = verdict.build(report_verdict.collect({}, [], score, lambda info: True, generate))
     empty = _row(rows, "ppl_order", "Ground Truth − Self-Output", "sequence PPL")
     assert empty.verdict == "not measured" and "holds 0 problem" in empty.reason

@@ -18,7 +18,7 @@ def forgetting_curve_markdown(ctx: Context) -> str:
     evaluate = list(ctx.by_stage("evaluate").values())
     if not forgetting_curve.has_checkpoints(evaluate):  # the usual case: nothing to read
         return ""
-    final_steps = {name: info["record"]["results"].get("training", {}).get("steps") for name, info in sft_runs(ctx).items()}
+    final_steps = {name: info["record"].results.training.get("steps") for name, info in sft_runs(ctx).items()}
     try:
         rows = forgetting_curve.curve_rows(evaluate, {k: v for k, v in final_steps.items() if v})
     except Exception as exc:  # a bug or a moved results folder: say so in its place, never lose the report
@@ -41,8 +41,8 @@ def verdict_markdown(ctx: Context, model: str) -> str:
     """"Verdict at this scale" (stmkit.report_verdict); a failure is reported in its place, never hides the rest."""
     try:
         evaluate = list(ctx.by_stage("evaluate").values())
-        score = next(iter(ctx.by_stage("score").values()), {})
-        generate = next(iter(ctx.by_stage("generate").values()), {})
+        score = next(iter(ctx.by_stage("score").values()), None)
+        generate = next(iter(ctx.by_stage("generate").values()), None)
         data = report_verdict.collect(sft_runs(ctx), evaluate, score, lambda info: in_main_setting(ctx, info), generate)
         text = report_verdict.section(data, ctx.tables_dir, model)
     except Exception as exc:  # a bug to report, not a reason to lose the report
@@ -52,7 +52,7 @@ def verdict_markdown(ctx: Context, model: str) -> str:
         mask_run = next(iter(sorted(mask_runs)), None)
         plane = ctx.gather_figure(mask_run, "probability_entropy_plane") if mask_run else []
         cats = ctx.gather_figure(mask_run, "categories_confident_conflicts") if mask_run else []
-        quadrants = mask_runs[mask_run].get("results", {}).get("entropy_quadrants") if mask_run else None
+        quadrants = mask_runs[mask_run].results.entropy_quadrants or None if mask_run else None
         siblings = report_verdict.siblings_section(data, ctx.tables_dir, ctx.figures_dir,
                                                    plane[0] if plane else None, quadrants,
                                                    cats[0] if cats else None)

@@ -22,9 +22,9 @@ def write_report(ctx: Context, sections: list[Section]) -> tuple[Path, Path]:
     """results/<profile>/REPORT.md and REPORT.html."""
     made = [s for s in sections if s.status == "made"]
     runs = ctx.runs
-    models = sorted({r.get("config", {}).get("model", {}).get("name", "?") for r in runs.values()})
+    models = sorted({r.model.get("name", "?") for r in runs.values()})
     stand_ins = sorted({f"{m['name']} for {m['stands_in_for']}" for r in runs.values()
-                        if (m := r.get("config", {}).get("model", {})).get("stands_in_for")})
+                        if (m := r.model).get("stands_in_for")})
     scale = ("These are small-scale results, not comparable in absolute terms with the paper's 2B-9B models. "
              if not paper_scale(ctx) else "")
     if stand_ins:
@@ -58,8 +58,8 @@ def write_report(ctx: Context, sections: list[Section]) -> tuple[Path, Path]:
                   "artifacts (made new cache entries), and at its last execution (a rerun reads the cache back).", "",
                   "| run | stage | computing (s) | last execution (s) | inside the notebook, last (s) |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {n} | {r.get('stage')} | {computed.get(n, '-')} | {wall.get(n, '-')} | "
-                  f"{r.get('timings_s', {}).get('total', '-')} |" for n, r in runs.items()]
+        lines += [f"| {n} | {r.stage} | {computed.get(n, '-')} | {wall.get(n, '-')} | "
+                  f"{r.timings_s.get('total', '-')} |" for n, r in runs.items()]
         total = sum(float(v) for n, v in wall.items() if n in runs)
         cold = sum(float(computed.get(n, wall.get(n, 0.0))) for n in runs)
         if total:

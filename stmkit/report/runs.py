@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ..config import load_profile
+from ..records import RunRecord
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Context:
 
     root: Path
     profile: str
-    runs: dict[str, dict[str, Any]]
+    runs: dict[str, RunRecord]
     memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # see per_context
 
     @classmethod
@@ -33,13 +34,13 @@ class Context:
         runs = {}
         for path in sorted(Path(root).glob("runs/*/run.json")):
             try:
-                runs[path.parent.name] = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                continue
+                runs[path.parent.name] = RunRecord.load(path)
+            except json.JSONDecodeError as e:  # written atomically, so a broken one was edited or copied by hand
+                print(f"WARNING: {path} is not valid JSON ({e}); the report leaves that run out")
         return cls(Path(root), profile, runs)
 
-    def by_stage(self, stage: str) -> dict[str, dict[str, Any]]:
-        return {n: r for n, r in self.runs.items() if r.get("stage") == stage}
+    def by_stage(self, stage: str) -> dict[str, RunRecord]:
+        return {n: r for n, r in self.runs.items() if r.stage == stage}
 
     def scope(self, model: str | None = None, target: str | None = None) -> Context:
         """The runs of one model and/or one target task (the paper's per-model tables), same output folders."""
@@ -70,18 +71,19 @@ class Context:
                 out.append(str(dst.relative_to(self.root)))
         return out
 
-    def scale(self, record: dict[str, Any]) -> str:
-        cfg = record.get("config", {})
+    def scale(self, record: RunRecord | None) -> str:
+        cfg = record.config if record else {}
         data = cfg.get("data", {})
-        trained = record.get("results", {}).get("training", {}).get("examples")  # what the run saw (n_train 0 = all)
+        # what the run saw (n_train 0 = all)
+        trained = record.results.training.get("examples") if record and record.stage == "sft" else None
         n = trained if trained is not None else data.get("n_train") or "all"
         return (f"model {cfg.get('model', {}).get('name')}, target {data.get('target')}, "
                 f"{n} training examples, seed {cfg.get('seed')}")
 
 
-def model_of(record: dict[str, Any]) -> str | None:
+def model_of(record: RunRecord | None) -> str | None:
     """The model a run's results belong to: the paper model a rehearsal's stand-in takes the place of, or its own."""
-    model = record.get("config", {}).get("model", {})
+    model = record.model if record else {}
     return model.get("stands_in_for") or model.get("name")
 
 
@@ -90,8 +92,8 @@ def paper_scale(ctx: Context) -> bool:
     return bool(set(ctx.models()) & {LLAMA, GEMMA2B, MISTRAL, OLMO, GEMMA9B})
 
 
-def target_of(record: dict[str, Any]) -> str | None:
-    return record.get("config", {}).get("data", {}).get("target")
+def target_of(record: RunRecord | None) -> str | None:
+    return record.target if record else None
 
 
 # The paper's models as the kit's registry names them (configs/sweeps/paper.yaml).
@@ -126,34 +128,36 @@ def sft_runs(ctx: Context) -> dict[str, dict[str, Any]]:
     """Training runs by name with what the report needs: label, method, share masked, ||ΔW||, losses."""
     out = {}
     for name, rec in ctx.by_stage("sft").items():
-        res = rec["results"]
-        cfg = rec.get("config", {})
+        res = rec.results
+        cfg = rec.config
         out[name] = {
-            "run": name, "label": res.get("label", name), "method": res.get("method"),
+            "run": name, "label": res.label or name, "method": res.method,
             "tau": cfg.get("masking", {}).get("tau"), "finetune": cfg.get("training", {}).get("finetune"),
             "learning_rate": cfg.get("training", {}).get("learning_rate"),
             "weight_decay": cfg.get("training", {}).get("weight_decay", 0.0),
             "kl_coef": cfg.get("training", {}).get("kl_coef", 0.0),
-            "label_ppl": res.get("label_ppl"), "final_train_loss": res.get("final_train_loss"),
-            "masked_%": 100 * res.get("masking", {}).get("masked_share", 0.0),
-            "trained_tokens": res.get("masking", {}).get("trained_tokens"),
-            "delta_w": res.get("delta_w"), "record": rec,
+            "label_ppl": res.label_ppl, "final_train_loss": res.final_train_loss,
+            "masked_%": 100 * res.masking.get("masked_share", 0.0),
+            "trained_tokens": res.masking.get("trained_tokens"),
+            "delta_w": res.delta_w, "record": rec,
         }
     return out
 
 
 @per_context
-def evaluations(ctx: Context) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(accuracy by label, transfer by training run, drift by training run, one evaluate record) over all
+def evaluations(ctx: Context) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], RunRecord | None]:
+    """(accuracy by label, transfer by training run, drift by training run, the first evaluate run) over all
     evaluate runs of the profile."""
-    acc, transfer, drift, rec0 = {}, {}, {}, {}
-    for _, rec in ctx.by_stage("evaluate").items():
-        res = rec["results"]
-        acc.update(res.get("accuracy", {}))
-        transfer.update(res.get("transfer", {}))
-        drift.update(res.get("drift", {}))
-        rec0 = rec0 or rec
-    return acc, transfer, drift, rec0
+    acc: dict[str, Any] = {}
+    transfer: dict[str, Any] = {}
+    drift: dict[str, Any] = {}
+    first = None
+    for rec in ctx.by_stage("evaluate").values():
+        acc.update(rec.results.accuracy)
+        transfer.update(rec.results.transfer)
+        drift.update(rec.results.drift)
+        first = first or rec
+    return acc, transfer, drift, first
 
 
 def checkpoint_curves(ctx: Context) -> dict[str, list[dict[str, Any]]]:
@@ -161,7 +165,7 @@ def checkpoint_curves(ctx: Context) -> dict[str, list[dict[str, Any]]]:
     (05_evaluate with checkpoint_tasks); step 0 is the original model."""
     out: dict[str, list[dict[str, Any]]] = {}
     for rec in ctx.by_stage("evaluate").values():
-        out.update(rec["results"].get("checkpoint_accuracy") or {})
+        out.update(rec.results.checkpoint_accuracy)
     return out
 
 
@@ -185,7 +189,7 @@ def transfer_rows(ctx: Context, names: list[str] | None = None) -> pd.DataFrame:
         info = sft.get(name, {})
         d = drift.get(name, {}).get("all", {})
         rows.append({
-            "run": name, "method": info.get("label", name), "target": target_of(info.get("record", {})),
+            "run": name, "method": info.get("label", name), "target": target_of(info.get("record")),
             "masked_%": info.get("masked_%"),
             "TI_%": rep.get("ti"), "TI_95CI": fmt_ci(rep.get("ti"), rep.get("ti_low"), rep.get("ti_high")),
             "BWT_%": rep.get("bwt"), "BWT_95CI": fmt_ci(rep.get("bwt"), rep.get("bwt_low"), rep.get("bwt_high")),
@@ -197,10 +201,10 @@ def transfer_rows(ctx: Context, names: list[str] | None = None) -> pd.DataFrame:
 
 def is_plain(info: dict[str, Any], tau: float = 2.5) -> bool:
     """A run with the paper's defaults apart from what a table varies: no weight decay or KL term, STM at tau."""
-    res = info.get("record", {}).get("results", {})
+    res = info["record"].results
     return (not info.get("weight_decay") and not info.get("kl_coef")
             and (info["method"] != "stm" or info.get("tau") == tau)
-            and not res.get("init_run") and res.get("correctness") is None)
+            and not res.init_run and res.correctness is None)
 
 
 @per_context
@@ -208,7 +212,7 @@ def main_setting(ctx: Context) -> tuple[float | None, str]:
     """(learning rate, fine-tuning type) of the profile the runs were made with: the main setting that the ablation
     tables vary. Read from the run records (`profile_setting`, the profile before each run's overrides), so editing
     the YAML after the runs changes nothing; records older than that field fall back to the profile as it is now."""
-    recorded = {(s["learning_rate"], s["finetune"]) for r in ctx.runs.values() if (s := r.get("profile_setting"))}
+    recorded = {(s["learning_rate"], s["finetune"]) for r in ctx.runs.values() if (s := r.profile_setting)}
     if len(recorded) == 1:
         return next(iter(recorded))
     if len(recorded) > 1:
@@ -237,7 +241,7 @@ def runs_by_method(ctx: Context, method: str) -> list[str]:
 def unfinished(ctx: Context, run: str) -> str:
     """'k/n' target-task answers of a trained model that hit max_new_tokens (from 05_evaluate's item files)."""
     acc, _, _, _ = evaluations(ctx)
-    target = target_of(sft_runs(ctx).get(run, {}).get("record", {}))
+    target = target_of(sft_runs(ctx).get(run, {}).get("record"))
     summary = next((sm for t, sm in acc.get(run, {}).items() if t.split(":")[0] == target), None)
     try:
         rows = [json.loads(line) for line in Path(summary["items_path"]).read_text().splitlines() if line.strip()]
@@ -247,14 +251,14 @@ def unfinished(ctx: Context, run: str) -> str:
     return f"{flags.count(False)}/{len(flags)}" if flags else "n/a"
 
 
-def regularization(ctx: Context) -> tuple[str, dict[str, Any], pd.DataFrame] | None:
+def regularization(ctx: Context) -> tuple[str, RunRecord, pd.DataFrame] | None:
     """(run name, record, Table 8 rows joined with each adapter's TI/BWT/drift and accuracy) of the first
     06_regularization run, or None. Adapters are evaluated by 05_evaluate as "<run>/<label>"."""
     reg = ctx.by_stage("regularization")
     if not reg:
         return None
     name, rec = next(iter(reg.items()))
-    df = pd.DataFrame(rec["results"]["table08"]).drop(columns=["adapter_key"], errors="ignore")
+    df = pd.DataFrame(rec.results.table08).drop(columns=["adapter_key"], errors="ignore")
     acc, transfer, drift, _ = evaluations(ctx)
     labels = [f"{name}/{r}" for r in df["run"]]
     df["TI_%"] = [transfer.get(lab, {}).get("ti") for lab in labels]

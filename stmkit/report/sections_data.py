@@ -24,7 +24,7 @@ def table01(ctx: Context) -> Section:
         return missing("table01", title, NEEDS["table01"])
     name, rec = next(iter(runs.items()))
     cols = ["training_data", "examples", "avg_ppl", "ppl_variance", "response_tokens", "share_tokens_ppl_gt_2.5"]
-    df = pd.DataFrame(rec["results"]["table01"])[cols]
+    df = pd.DataFrame(rec.results.table01)[cols]
     files = save_table(df, "table01_ppl_stats", ctx.tables_dir, f"Table 1 (kit, {ctx.scale(rec)}).")
     body = (f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n"
             + paper_md(1, ["scoring_model", "dataset", "training_data", "metric", "value"]))
@@ -49,7 +49,7 @@ def fig01(ctx: Context) -> Section:
         return missing("fig01", title, NEEDS["fig01"])
     name, rec = next(iter(runs.items()))
     files = ctx.gather_figure(name, "fig01_ppl_tokens")
-    body = (f"Kit: training response `{rec['results'].get('example_id')}` of the target task under "
+    body = (f"Kit: training response `{rec.results.example_id}` of the target task under "
             f"{ctx.scale(rec)}; the paper shows a MATH answer under Llama 3 8B Instruct. Interactive HTML: "
             f"`runs/{name}/fig01_tokens.html`.")
     return Section("fig01", title, "made", body, files, "Illustration; no claim to test.")
@@ -63,7 +63,7 @@ def fig03(ctx: Context) -> Section:
         return missing("fig03", title, NEEDS["fig03"])
     name, rec = next(iter(runs.items()))
     files = ctx.gather_figure(name, "fig03_ppl_trace")
-    n_sources = len(rec["results"].get("table01", []))
+    n_sources = len(rec.results.table01)
     claim = ("Ground truth is spikier than the model's own answers: see the figure "
              + ("(only ground truth was scored; no generated sets yet)." if n_sources < 2 else "(panels compared)."))
     return Section("fig03", title, "made", f"Kit: {ctx.scale(rec)}.", files, claim)
@@ -83,17 +83,17 @@ def _category_section(ctx: Context, ident: str, paper_model: str, registry_name:
     own = {n: r for n, r in runs.items() if model_of(r) == registry_name}
     if own:
         name, rec = sorted(own.items(), key=lambda kv: target_of(kv[1]) != "math")[0]
-        df = pd.DataFrame(rec["results"]["categories"])
+        df = pd.DataFrame(rec.results.categories)
         files = ctx.gather_figure(name, "fig08_token_categories", f"{ident}_token_categories")
         note = f"*Kit ({ctx.scale(rec)}):*"
     elif ident == "fig08":
         name, rec = next(iter(runs.items()))
-        df = pd.DataFrame(rec["results"]["categories"])
+        df = pd.DataFrame(rec.results.categories)
         files = ctx.gather_figure(name, "fig08_token_categories")
         note = f"*Kit ({ctx.scale(rec)}; the paper scores MATH with {paper_model}):*"
     else:
         name, rec = next(iter(runs.items()))
-        extra = rec["results"].get("categories_by_task") or {}
+        extra = rec.results.categories_by_task
         if len(extra) < substitute:
             return missing(ident, title, f"mask runs of {paper_model} (profile `paper`), or, as an offline "
                            f"substitute, a 02_mask_tokens run with at least {substitute} `category_tasks`")
@@ -121,13 +121,13 @@ def table17(ctx: Context) -> Section:
     if not gen:
         return missing("table17", title, NEEDS["table17"])
     name, rec = next(iter(gen.items()))
-    stats = rec["results"]["stats"]
+    stats = rec.results.stats
     score = next(iter(ctx.by_stage("score").values()), None)
     problems = next(iter(stats.values()))["problems"]
     rows = [{"method": "Baseline Fine-tuning", "samples": problems, "correctness_%": 100.0, "wall_s": 0.0,
              "generated_tokens": 0}]
     if score:
-        t = score.get("costs_s", {}).get("score_ground_truth")
+        t = score.costs_s.get("score_ground_truth")
         rows.append({"method": "STM", "samples": problems, "correctness_%": 100.0, "wall_s": t,
                      "generated_tokens": 0})
     for label, st in stats.items():
@@ -137,7 +137,7 @@ def table17(ctx: Context) -> Section:
     files = save_table(df, "table17_data_cost", ctx.tables_dir,
                        f"Table 17 (kit, {ctx.scale(rec)}; wall time on this machine, CPU).")
     so = stats.get("Self-Output", {})
-    t_stm = (score or {}).get("costs_s", {}).get("score_ground_truth")
+    t_stm = score.costs_s.get("score_ground_truth") if score else None
     verdict = "not measured" if not so or t_stm is None else "yes" if t_stm < so["wall_s"] else "no"
     claim = (f"STM's data preparation (one scoring pass) is cheaper than Self-Output's sampling: {verdict}; "
              f"Self-Output kept {so.get('kept', 0)} of {problems} problems here "

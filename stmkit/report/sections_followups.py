@@ -50,7 +50,7 @@ def table08(ctx: Context) -> Section:
         return missing("table08", title, NEEDS["table08"])
     name, rec, df = found
     files = save_table(df, "table08_regularization", ctx.tables_dir,
-                       f"Table 8 (kit, {ctx.scale(rec)}). {rec['results'].get('delta_w_definition', '')} TI/BWT in %, "
+                       f"Table 8 (kit, {ctx.scale(rec)}). {rec.results.delta_w_definition} TI/BWT in %, "
                        "95% paired-bootstrap CIs; drift KL(base||tuned) in nats/token.")
     stm = df[df["method"] == "STM"]
     others = df[df["method"] != "STM"]
@@ -86,7 +86,7 @@ def _parallel(ident: str, ctx: Context, which: str) -> Section:
         return missing(ident, title, NEEDS[ident] + (f" (run `{name}` has not been evaluated: add it to a 05_evaluate "
                         "train_run)" if not evaluated else " (its evaluation has no such task)"))
     if pts["step"].isna().all():
-        pts["step"] = rec["config"].get("training", {}).get("max_steps") or "final"
+        pts["step"] = rec.config.get("training", {}).get("max_steps") or "final"
     what = "target-task accuracy" if which == "target" else "mean non-target accuracy"
     fig = regularization_lines(pts, refs, f"Regularisation grid: {what} (each axis scaled to its range)")
     files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, f"{ident}_regularization_{which}", ctx.figures_dir)]
@@ -222,7 +222,7 @@ def table19(ctx: Context) -> Section:
     title = TITLES["table19"]
     sft = sft_runs(ctx)
     acc, _, _, rec = evaluations(ctx)
-    chains = [(i["record"]["results"]["init_run"], n) for n, i in sft.items() if i["record"]["results"].get("init_run")]
+    chains = [(i["record"].results.init_run, n) for n, i in sft.items() if i["record"].results.init_run]
     chains = [(a, b) for a, b in chains if a in acc and b in acc and "Original" in acc]
     if not chains:
         return missing("table19", title, NEEDS["table19"])
@@ -255,13 +255,13 @@ def _correctness(ctx: Context, ident: str, paper_n: int) -> Section:
     """Tables 20-21: Self-Output training sets at several correctness levels, accuracy on every task."""
     title = TITLES[ident]
     sft = sft_runs(ctx)
-    names = [n for n, i in sft.items() if i["record"]["results"].get("correctness") is not None] + \
+    names = [n for n, i in sft.items() if i["record"].results.correctness is not None] + \
         [n for n in runs_by_method(ctx, "gt")[:1]]
-    if not any(sft[n]["record"]["results"].get("correctness") is not None for n in names):
+    if not any(sft[n]["record"].results.correctness is not None for n in names):
         return missing(ident, title, NEEDS[ident])
     df = accuracy_rows(ctx, names, lambda n: {
-        "correctness_%": (None if sft[n]["record"]["results"].get("correctness") is None
-                          else 100 * sft[n]["record"]["results"]["correctness"]),
+        "correctness_%": (None if sft[n]["record"].results.correctness is None
+                          else 100 * sft[n]["record"].results.correctness),
         "trained_tokens": sft[n]["trained_tokens"]})
     if len(df) <= 1:
         return missing(ident, title, NEEDS[ident] + " (the correctness runs are not evaluated yet)")
@@ -270,8 +270,8 @@ def _correctness(ctx: Context, ident: str, paper_n: int) -> Section:
     files = save_table(df, f"{ident}_correctness", ctx.tables_dir,
                        f"Table {paper_n} (kit, {ctx.scale(rec)}): accuracy [95% CI] after training on Self-Output "
                        "sets with the given share of correct answers.")
-    levels = sorted((sft[n]["record"]["results"]["correctness"], n) for n in names if n in transfer
-                    and sft[n]["record"]["results"].get("correctness") is not None)
+    levels = sorted((sft[n]["record"].results.correctness, n) for n in names if n in transfer
+                    and sft[n]["record"].results.correctness is not None)
     claim = "not measured"
     if len(levels) >= 2:
         lo_n, hi_n = levels[0][1], levels[-1][1]
@@ -298,7 +298,7 @@ def table06(ctx: Context) -> Section:
     title = TITLES["table06"]
     rows = {}
     for rec in ctx.by_stage("evaluate").values():
-        rows.update(rec["results"].get("self_bleu") or {})
+        rows.update(rec.results.self_bleu)
     if not rows:
         return missing("table06", title, NEEDS["table06"])
     _, transfer, _, rec = evaluations(ctx)
@@ -333,8 +333,7 @@ def fig02(ctx: Context) -> Section:
             "bwt_high": transfer[n].get("bwt_high"), "final_train_loss": i["final_train_loss"]}
            for n, i in sft.items() if i["method"] in ("gt", "self_output", "rephrase") and n in transfer
            and i.get("label_ppl") is not None
-           and in_main_setting(ctx, {**i, "record": {"results": {
-               k: v for k, v in i["record"]["results"].items() if k != "correctness"}}})]
+           and in_main_setting(ctx, {**i, "record": i["record"].with_results(correctness=None)})]
     if len({p["method"].split(" ")[0] for p in pts}) < 2:  # label sources, not one source's fine-tuning variants
         return missing("fig02", title, NEEDS["fig02"])
     pts = [p for p in pts if p["bwt"] is not None]

@@ -41,12 +41,12 @@ def table02(ctx: Context) -> Section:
                              and in_main_setting(ctx, i)])
     if df.empty:
         return missing("table02", title, NEEDS["table02"])
-    df["end_of_turn_masked_%"] = [100 * sft[r]["record"]["results"].get("masking", {}).get(
+    df["end_of_turn_masked_%"] = [100 * sft[r]["record"].results.masking.get(
         "end_of_turn_masked_share", float("nan")) for r in df["run"]]
     df["target_answers_unfinished"] = [unfinished(ctx, r) for r in df["run"]]
     _, _, _, rec = evaluations(ctx)
     files = save_table(df, "table02_main", ctx.tables_dir,
-                       f"Table 2 (kit, {ctx.scale(rec)}; {rec['results'].get('n_items')} items per task). TI/BWT in %, "
+                       f"Table 2 (kit, {ctx.scale(rec)}; {rec.results.n_items if rec else None} items per task). TI/BWT in %, "
                        "95% paired-bootstrap CIs over items; BWT averages the non-target tasks with a non-zero "
                        "original accuracy; drift = mean per-token KL(p_base || p_tuned) on the base's own answers.")
     body = (f"*Kit ({ctx.scale(rec)}):*\n\n" + to_markdown(df) + "\n"
@@ -104,7 +104,7 @@ def table07(ctx: Context) -> Section:
     df = pd.DataFrame([{"run": n, "training data / method": i["label"], "finetune": i["finetune"],
                         "delta_w": i["delta_w"], "trained_tokens": i["trained_tokens"]} for n, i in sft.items()])
     rec = next(iter(sft.values()))["record"]
-    definition = rec["results"].get("delta_w_definition", "")
+    definition = rec.results.delta_w_definition
     files = save_table(df, "table07_weight_norm", ctx.tables_dir, f"Table 7 (kit, {ctx.scale(rec)}). {definition}")
     gt = df.set_index("run").loc[runs_by_method(ctx, "gt"), "delta_w"] if runs_by_method(ctx, "gt") else df[:0]
     stm = df.set_index("run").loc[runs_by_method(ctx, "stm"), "delta_w"] if runs_by_method(ctx, "stm") else df[:0]
@@ -132,7 +132,7 @@ def table12(ctx: Context) -> Section:
     df = pd.DataFrame(rows)
     files = save_table(df, "table12_raw_accuracy", ctx.tables_dir,
                        f"Table 12 (kit, {ctx.scale(rec)}): accuracy [95% bootstrap CI over items].")
-    body = (f"*Kit ({ctx.scale(rec)}; {rec['results'].get('n_items')} items per task):*\n\n" + to_markdown(df)
+    body = (f"*Kit ({ctx.scale(rec)}; {rec.results.n_items if rec else None} items per task):*\n\n" + to_markdown(df)
             + "\n" + paper_md(12, ["model", "target_task", "method", "eval_task", "accuracy"],
                               "model == 'Llama 3 8B Instruct'"))
     return Section("table12", title, "made", body, [str(Path(f).relative_to(ctx.root)) for f in files],
@@ -145,8 +145,8 @@ def _convergence(ctx: Context, ident: str) -> Section:
     sft = {n: i for n, i in sft_runs(ctx).items() if i["method"] in ("gt", "stm", "self_output") and in_main_setting(ctx, i)}
     if not sft:
         return missing(ident, title, NEEDS[ident])
-    curves = {i["label"]: (pd.DataFrame(i["record"]["results"].get("train_losses", [])),
-                           pd.DataFrame(i["record"]["results"].get("eval_losses", []))) for i in sft.values()}
+    curves = {i["label"]: (pd.DataFrame(i["record"].results.train_losses),
+                           pd.DataFrame(i["record"].results.eval_losses)) for i in sft.values()}
     ckpt = checkpoint_curves(ctx)
     target = target_of(next(iter(sft.values()))["record"])
     accuracy = {}
@@ -192,8 +192,8 @@ def fig07(ctx: Context) -> Section:
 def fig13(ctx: Context) -> Section:
     title = TITLES["fig13"]
     sft = sft_runs(ctx)
-    spectra = {i["label"]: pd.DataFrame(i["record"]["results"]["spectra"]) for i in sft.values()
-               if i["record"]["results"].get("spectra")}
+    spectra = {i["label"]: pd.DataFrame(i["record"].results.spectra) for i in sft.values()
+               if i["record"].results.spectra}
     if not spectra:
         return missing("fig13", title, NEEDS["fig13"])
     fig = effective_rank_bars(spectra, "q_proj", "Effective rank of the LoRA update per layer (q_proj)")
@@ -261,8 +261,8 @@ def table05(ctx: Context) -> Section:
 @generator("fig14")
 def fig14(ctx: Context) -> Section:
     title = TITLES["fig14"]
-    spectra = {i["label"]: pd.DataFrame(i["record"]["results"]["spectra"]) for i in sft_runs(ctx).values()
-               if i["record"]["results"].get("spectra") and i["method"] in ("gt", "self_output", "rephrase", "stm")}
+    spectra = {i["label"]: pd.DataFrame(i["record"].results.spectra) for i in sft_runs(ctx).values()
+               if i["record"].results.spectra and i["method"] in ("gt", "self_output", "rephrase", "stm")}
     if not spectra:
         return missing("fig14", title, NEEDS["fig14"])
     fig = singular_value_curves(spectra, "q_proj")
