@@ -21,7 +21,7 @@ from typing import Any
 
 from .cache import Cache, content_key
 from .generation import Completion, Decoding, generate, sampling
-from .tasks import Example
+from .tasks import Example, ScoreOptions, get_task
 from .tasks.prompts import PROMPT_VERSION, REPHRASE_PROMPT
 
 DEFAULT_SELF_OUTPUT = sampling(8, 0.7, 0.95, 256, 0)  # the paper samples 32 at T=0.7, top_p=0.95
@@ -76,24 +76,13 @@ class GeneratedSet:
 
 
 def check_answers(task: str, examples: Sequence[Example], answers: Sequence[str], timeout_s: float = 10.0) -> list[bool]:
-    """The task's checker on (example, answer) pairs; model-written code runs only in the sandbox."""
-    from .tasks.answers import extract_code, extract_gsm8k, extract_math_answer, gsm8k_equal, math_equal
-
-    if task == "mbpp":
-        from .sandbox import check_many
-
-        programs = [(extract_code(a), list(ex.tests), ex.setup) for ex, a in zip(examples, answers, strict=True)]
-        return [r.passed for r in check_many(programs, timeout_s=timeout_s)]
-    if task == "math":
-        out = []
-        for ex, a in zip(examples, answers, strict=True):
-            pred = extract_math_answer(a)
-            out.append(pred is not None and math_equal(pred, ex.answer))
-        return out
-    if task == "gsm8k":
-        return [(p := extract_gsm8k(a)) is not None and gsm8k_equal(p, ex.answer)
-                for ex, a in zip(examples, answers, strict=True)]
-    raise ValueError(f"no answer checker for task '{task}' (Self-Output/Rephrase support mbpp, math and gsm8k)")
+    """The task's own scorer on (example, answer) pairs, as the evaluation checks answers (model-written code runs only
+    in the sandbox): whether each is correct."""
+    spec = get_task(task)
+    if spec.scorer is None or spec.eval_mode != "generate":
+        raise ValueError(f"no answer checker for task '{task}': Self-Output/Rephrase keep answers a task checks in "
+                         "free text (mbpp, math, gsm8k, ...); a multiple-choice task has none")
+    return [bool(v["correct"]) for v in spec.scorer(examples, answers, ScoreOptions(timeout_s=timeout_s))]
 
 
 def sample_cached(

@@ -1,4 +1,5 @@
-"""Answer extraction and checking (stmkit.tasks.answers) and the prompt templates (stmkit.tasks.prompts)."""
+"""Answer extraction and checking (each task's module; MATH's in stmkit.tasks.math_check) and the prompt templates
+(stmkit.tasks.prompts)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,17 @@ import time
 
 import pytest
 
-from stmkit.tasks import answers, prompts
-from stmkit.tasks.answers import (
-    extract_arc_letter,
+from stmkit.tasks import math_check, prompts
+from stmkit.tasks.arc import extract_arc_letter
+from stmkit.tasks.gsm8k import extract_gsm8k, gsm8k_equal
+from stmkit.tasks.math_check import (
     extract_boxed,
-    extract_code,
-    extract_gsm8k,
     extract_math_answer,
-    gsm8k_equal,
     math_equal,
     math_equal_with_judge,
     normalize_math,
 )
+from stmkit.tasks.mbpp import extract_code
 
 # ---------------------------------------------------------------------------------------------------------------
 # MATH equivalence: (prediction, gold, expected). Golds are MATH-style \boxed{} contents; predictions are what
@@ -242,11 +242,11 @@ def test_judge_prompt_formats() -> None:
 def test_timeout_in_main_thread_returns_quickly_and_restores_the_handler() -> None:
     sentinel = signal.getsignal(signal.SIGALRM)
     start = time.monotonic()
-    assert answers._with_timeout(lambda: time.sleep(5) or True, 0.2) is None
+    assert math_check._with_timeout(lambda: time.sleep(5) or True, 0.2) is None
     assert time.monotonic() - start < 2.0
     assert signal.getsignal(signal.SIGALRM) is sentinel
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
-    assert answers._with_timeout(lambda: 41 + 1, 1.0) == 42
+    assert math_check._with_timeout(lambda: 41 + 1, 1.0) == 42
 
 
 def test_timeout_survives_code_that_catches_exception() -> None:
@@ -260,7 +260,7 @@ def test_timeout_survives_code_that_catches_exception() -> None:
         return True
 
     start = time.monotonic()
-    assert answers._with_timeout(stubborn, 0.2) is None
+    assert math_check._with_timeout(stubborn, 0.2) is None
     assert time.monotonic() - start < 2.0
 
 
@@ -269,7 +269,7 @@ def test_timeout_outside_the_main_thread() -> None:
 
     def worker() -> None:
         start = time.monotonic()
-        out["slow"] = answers._with_timeout(lambda: time.sleep(3) or True, 0.2)
+        out["slow"] = math_check._with_timeout(lambda: time.sleep(3) or True, 0.2)
         out["elapsed"] = time.monotonic() - start
         out["equal"] = math_equal(r"\sqrt{12}", r"2\sqrt{3}")
 

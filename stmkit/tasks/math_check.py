@@ -1,6 +1,6 @@
-"""Answer extraction and checking for generated answers: code, GSM8K numbers, ARC letters, MATH expressions.
+"""MATH's answer checker: extract the final answer, normalise it, and decide equivalence with the gold answer.
 
-Pure functions, no model. MATH equivalence follows the benchmark's own checker (Hendrycks et al., ``is_equiv`` with
+Pure functions, no model. Equivalence follows the benchmark's own checker (Hendrycks et al., ``is_equiv`` with
 ``strip_string``), adds a few normalisations it lacks, then tries a bounded symbolic comparison with sympy.
 The paper judged MATH with gpt-4o-mini instead; ``math_equal_with_judge`` lets a user plug such a judge in.
 """
@@ -12,167 +12,11 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = [
-    "MathJudge",
-    "extract_arc_letter",
-    "extract_boxed",
-    "extract_code",
-    "extract_gsm8k",
-    "extract_math_answer",
-    "gsm8k_equal",
-    "math_equal",
-    "math_equal_with_judge",
-    "normalize_gsm8k_number",
-    "normalize_math",
-]
-
-# ---------------------------------------------------------------------------------------------------------------
-# Code (MBPP)
-# ---------------------------------------------------------------------------------------------------------------
-
-# An opening fence: ``` + optional language tag + end of line. The tag is captured to prefer Python blocks.
-_FENCE_OPEN = re.compile(r"```[ \t]*([A-Za-z0-9_+.#-]*)[ \t]*\r?\n")
-_PYTHON_TAGS = {"python", "python3", "py", "py3"}
-
-
-def extract_code(text: str) -> str:
-    """The code in a model answer: the first ```python block, else the first fenced block, else the text itself."""
-    blocks: list[tuple[str, str]] = []
-    pos = 0
-    while True:
-        m = _FENCE_OPEN.search(text, pos)
-        if m is None:
-            break
-        end = text.find("```", m.end())
-        # An unterminated fence (the answer hit the token limit) runs to the end of the text.
-        body = text[m.end() :] if end < 0 else text[m.end() : end]
-        blocks.append((m.group(1).lower(), body))
-        if end < 0:
-            break
-        pos = end + 3
-    if blocks:
-        python = [body for tag, body in blocks if tag in _PYTHON_TAGS]
-        code = python[0] if python else blocks[0][1]
-    else:
-        # A fence with nothing after it on the same line (e.g. the text ends in "```python").
-        code = re.sub(r"^\s*```[A-Za-z0-9_+.#-]*[ \t]*", "", text)
-        code = re.sub(r"```\s*$", "", code)
-    return code.replace("\r\n", "\n").strip("\n").rstrip()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# GSM8K
-# ---------------------------------------------------------------------------------------------------------------
-
-# A number: optional sign (not a hyphen between words or digits), thousands groups or plain digits, decimals.
-_NUMBER = re.compile(r"(?:(?<![\w)\]}])[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
-_ANSWER_IS = re.compile(r"(?i)(?:final answer|the answer)\s*(?:is|=|:)\s*[:=]?")
-
-
-def normalize_gsm8k_number(s: str) -> str | None:
-    """A numeric string in canonical form ("1,234.50" -> "1234.5", "18.00" -> "18"), or None if not a number."""
-    t = s.strip().replace("\u2212", "-").replace(",", "").replace("$", "").replace("%", "").strip()
-    t = t.rstrip(".").lstrip("+")
-    try:
-        d = Decimal(t)
-    except InvalidOperation:
-        return None
-    if not d.is_finite():
-        return None
-    if d == d.to_integral_value():
-        return str(int(d))
-    return format(d.normalize(), "f")
-
-
-def extract_gsm8k(text: str) -> str | None:
-    """The final number of a GSM8K answer: after the last '####', else after 'The answer is', else the last number."""
-    t = text.replace("\u2212", "-")
-    if "####" in t:
-        m = _NUMBER.search(t.rsplit("####", 1)[1])
-        if m:
-            return normalize_gsm8k_number(m.group(0))
-    hits = list(_ANSWER_IS.finditer(t))
-    if hits:
-        line = t[hits[-1].end() :].split("\n", 1)[0]
-        m = _NUMBER.search(line)
-        if m:
-            return normalize_gsm8k_number(m.group(0))
-    numbers = _NUMBER.findall(t)
-    return normalize_gsm8k_number(numbers[-1]) if numbers else None
-
-
-def gsm8k_equal(pred: str | None, gold: str | None) -> bool:
-    """True if both parse as numbers that agree within 1e-6."""
-    if pred is None or gold is None:
-        return False
-    a, b = normalize_gsm8k_number(pred), normalize_gsm8k_number(gold)
-    # A gold written as a full solution ("... #### 72") still compares.
-    a = a if a is not None else extract_gsm8k(pred)
-    b = b if b is not None else extract_gsm8k(gold)
-    if a is None or b is None:
-        return False
-    return math.isclose(float(a), float(b), rel_tol=0.0, abs_tol=1e-6)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# ARC (answer letter from generated text)
-# ---------------------------------------------------------------------------------------------------------------
-
-# Markdown and LaTeX wrappers that models put around a letter: **B**, $B$, \boxed{B}, \text{B}, `B`.
-_ARC_STRIP = re.compile(r"\*\*|__|`|\$|\\boxed\{|\\text(?:bf)?\{|\\mathrm\{|\\mathbf\{|[{}]")
-
-
-def extract_arc_letter(text: str, choices: Sequence[str], letters: str = "ABCDE") -> int | None:
-    """The index of the chosen option in a generated answer, or None if no single option can be read off."""
-    valid = letters[: len(choices)]
-    if not valid:
-        return None
-    cls = "[" + re.escape(valid) + "]"
-    end = r"(?![\w'])"  # the letter stands alone, not the start of a word
-    t = _ARC_STRIP.sub("", text)
-    patterns = [
-        # "Answer: B", "The answer is (B)", "correct answer is: option B", "Answer - B"
-        rf"(?i:answer)\s*(?:(?i:is|would be|should be)\s*)?[:=\-]?\s*(?:(?i:option|choice)\s*)?[(\[]?\s*({cls}){end}",
-        # "The correct option is B", "Option B is correct", "I choose (C)"
-        rf"(?i:option|choice|choose|select)\s*(?:(?i:is)\s*)?[:\-]?\s*[(\[]?\s*({cls}){end}",
-    ]
-    for pattern in patterns:
-        # "Answer: A magnet ..." uses "A" as an article, not as a letter: skip such hits.
-        hits = [m.group(1) for m in re.finditer(pattern, t) if not _is_article(t, m)]
-        if hits:
-            # The prompt asks for the answer on the last line, so the last statement wins.
-            return valid.index(hits[-1])
-    # A lowercase letter only when it is all there is after "answer:" ("answer: b"), never mid-sentence.
-    lower = re.findall(rf"(?im)answer\s*(?:is\s*)?[:=]?\s*[(\[]?\s*({cls.lower()}|{cls})\s*[)\].]?\s*$", t)
-    if lower:
-        return valid.lower().index(lower[-1].lower())
-    lone = re.fullmatch(rf"\s*[(\[]?\s*({cls})\s*[)\].:]?\s*", t)
-    if lone:
-        return valid.index(lone.group(1))
-    lead = re.match(rf"\s*[(\[]?({cls})[)\].:](?:\s|$)", t)
-    if lead:
-        return valid.index(lead.group(1))
-    # No letter: accept an option quoted in full, if exactly one option's text occurs.
-    low = _squash(text)
-    found = [
-        i
-        for i, c in enumerate(choices)
-        if _squash(c) and re.search(rf"(?<!\w){re.escape(_squash(c))}(?!\w)", low)
-    ]
-    return found[0] if len(found) == 1 else None
-
-
-def _is_article(t: str, m: re.Match[str]) -> bool:
-    return m.group(1) == "A" and re.match(r"\s+[a-z]", t[m.end() :]) is not None
-
-
-def _squash(s: str) -> str:
-    return " ".join(s.lower().split()).rstrip(".")
-
+__all__ = ["MathJudge", "extract_boxed", "extract_math_answer", "math_equal", "math_equal_with_judge",
+           "normalize_math"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # MATH: extraction
