@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 
 from .lm import MIXED_PRECISIONS
+from .tasks.registry import task_names
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -204,13 +205,10 @@ class EvalConfig:
 
 def _check_task_spec(spec: str, where: str, key: str) -> None:
     """A task list entry is a registered task name, optionally ':generate' or ':loglik'."""
-    from .tasks.registry import get_task
-
     name, _, mode = spec.partition(":")
-    try:
-        get_task(name)
-    except KeyError as exc:
-        raise ConfigError(f"{where}: '{key}' {exc.args[0]}") from None
+    names = task_names()
+    _check(name.lower().replace("-", "_") in names, where, key,
+           f"unknown task '{name}' (tasks: {', '.join(sorted(names))})")
     _check(mode in ("", "generate", "loglik"), where, key, f"has mode {mode!r}; use ':generate' or ':loglik'")
 
 

@@ -83,3 +83,17 @@ def test_hub_schema_loaders_on_fixture_files(name, tmp_path):
 def test_hub_row_missing_a_field_names_the_row_and_field():
     with pytest.raises(ValueError, match="row 0 has no field 'question'"):
         convert_rows(get_task("gsm8k"), [{"answer": "#### 1"}], "fixture")
+
+
+def test_config_validation_knows_every_task_without_importing_one():
+    import subprocess
+    import sys
+
+    from stmkit.tasks.registry import TASKS, get_task, task_names
+
+    get_task("mbpp")  # imports every task module
+    assert task_names() == set(TASKS)
+    code = ("import sys; from stmkit.config import load_profile; load_profile('cpu-demo'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('stmkit.tasks.', 'stmkit.sandbox'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['stmkit.tasks.base', 'stmkit.tasks.registry']"

@@ -11,6 +11,8 @@ from .base import LETTERS, Example, ScoreOptions
 from .embedded import read_docs
 from .registry import Task, register
 
+TASK_NAMES = ("arc_challenge", "arc_easy")  # what this module registers (read without importing it: registry.task_names)
+
 # Markdown and LaTeX wrappers that models put around a letter: **B**, $B$, \boxed{B}, \text{B}, `B`.
 _ARC_STRIP = re.compile(r"\*\*|__|`|\$|\\boxed\{|\\text(?:bf)?\{|\\mathrm\{|\\mathbf\{|[{}]")
 

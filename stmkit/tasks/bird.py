@@ -26,6 +26,8 @@ from .base import Example, ScoreOptions, spread
 from .bird_standin import connect_read_only, write_standin
 from .registry import Task, register
 
+TASK_NAMES = ("bird",)  # what this module registers (read without importing it: registry.task_names)
+
 BIRD_URL = "https://bird-bench.github.io/"
 PROMPT_STYLES = ("kit", "reference")
 

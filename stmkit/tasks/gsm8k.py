@@ -13,6 +13,8 @@ from .base import Example, ScoreOptions, text_id
 from .embedded import read_docs
 from .registry import Task, register
 
+TASK_NAMES = ("gsm8k",)  # what this module registers (read without importing it: registry.task_names)
+
 # A number: optional sign (not a hyphen between words or digits), thousands groups or plain digits, decimals.
 _NUMBER = re.compile(r"(?:(?<![\w)\]}])[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _ANSWER_IS = re.compile(r"(?i)(?:final answer|the answer)\s*(?:is|=|:)\s*[:=]?")

@@ -44,6 +44,8 @@ from typing import Any
 from .base import Example, ScoreOptions, spread
 from .registry import Task, register
 
+TASK_NAMES = ("ifeval",)  # what this module registers (read without importing it: registry.task_names)
+
 PIN = "if-verifiable==0.1.2"
 IFEVAL_URL = "https://github.com/google-research/google-research/tree/master/instruction_following_eval"
 HUB_ID = "google/IFEval"

@@ -11,6 +11,8 @@ from .base import Example, ScoreOptions
 from .embedded import read_docs
 from .registry import Task, register
 
+TASK_NAMES = ("mbpp",)  # what this module registers (read without importing it: registry.task_names)
+
 # An opening fence: ``` + optional language tag + end of line. The tag is captured to prefer Python blocks.
 _FENCE_OPEN = re.compile(r"```[ \t]*([A-Za-z0-9_+.#-]*)[ \t]*\r?\n")
 _PYTHON_TAGS = {"python", "python3", "py", "py3"}

@@ -10,6 +10,8 @@ from .base import Example
 from .embedded import read_docs
 from .registry import Task, register
 
+TASK_NAMES = ("sciq", "piqa")  # what this module registers (read without importing it: registry.task_names)
+
 
 def _sciq(doc: dict[str, Any]) -> Example:
     question, options = arc.parse_mc_query(doc["query"], f"sciq item {doc['index']}")

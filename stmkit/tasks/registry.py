@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import pkgutil
@@ -55,12 +56,36 @@ def register(task: Task) -> Task:
 NOT_TASKS = frozenset({"base", "bird_standin", "embedded", "hub_fixtures", "math_check", "prompts", "registry"})
 
 
+def _task_modules() -> list[str]:
+    return [m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+            if m.name not in NOT_TASKS and not m.name.startswith("_")]
+
+
 @cache
 def _discover() -> None:
-    """Import every task module of this package (once): each registers its tasks."""
-    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if module.name not in NOT_TASKS and not module.name.startswith("_"):
-            importlib.import_module(f"{__package__}.{module.name}")
+    """Import every task module of this package (once): each registers its tasks, exactly its TASK_NAMES."""
+    for name in _task_modules():
+        before = set(TASKS)
+        module = importlib.import_module(f"{__package__}.{name}")
+        registered, declared = set(TASKS) - before, set(getattr(module, "TASK_NAMES", ()))
+        if registered != declared:
+            raise RuntimeError(f"task module {name} registers {sorted(registered)} but its TASK_NAMES says "
+                               f"{sorted(declared)}; make them agree (config validation reads TASK_NAMES)")
+
+
+@cache
+def task_names() -> frozenset[str]:
+    """Every task name, read from each task module's TASK_NAMES without importing it (config validation uses this,
+    so loading a profile imports no task, its data or the sandbox)."""
+    names: set[str] = set()
+    for name in _task_modules():
+        tree = ast.parse((Path(__file__).parent / f"{name}.py").read_text())
+        found = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "TASK_NAMES" for t in node.targets)]
+        if not found:
+            raise RuntimeError(f"task module {name}.py has no TASK_NAMES = (...): list the tasks it registers")
+        names |= set(ast.literal_eval(found[0]))
+    return frozenset(names)
 
 
 def get_task(name: str) -> Task:
