@@ -177,6 +177,11 @@ class EvalConfig:
     # Accuracy and generated answers stay in model.dtype.
     measures_mixed_precision: Literal["no", "bf16"] = "no"
 
+    @property
+    def task_data(self) -> dict[str, str]:
+        """A local copy of a task's data by task name (the loaders of BIRD and IFEval read them)."""
+        return {name: path for name, path in (("bird", self.bird_dir), ("ifeval", self.ifeval_path)) if path}
+
     def validate(self, where: str) -> None:
         _check(self.n_items >= 0, where, "n_items", "must be >= 0")
         _check(self.max_new_tokens >= 1, where, "max_new_tokens", "must be >= 1")

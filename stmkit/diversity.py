@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,7 @@ def measure_self_bleu(
     fingerprint: str,
     split: str = "test",
     source: str = "embedded",
-    bird_dir: str | None = None,
-    ifeval_path: str | None = None,
+    task_data: Mapping[str, str] | None = None,
     batch_size: int = 8,
     sandbox_timeout_s: float = 10.0,
     cache: Cache | None = None,
@@ -103,7 +102,7 @@ def measure_self_bleu(
     if not decoding.do_sample or decoding.num_samples < 2:
         raise ValueError("Self-BLEU needs a sampling Decoding with num_samples >= 2 (each sample is compared with the "
                          f"others), got {decoding}")
-    items = load_task_items(task_obj.name, n_items, split, source, bird_dir, ifeval_path)
+    items = load_task_items(task_obj.name, n_items, split, source, task_data)
     if not items:
         raise ValueError(f"task {task_obj.name} has no {split!r} items to sample from")
     cache = cache or Cache()

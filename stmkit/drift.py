@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,8 +70,8 @@ class DriftReference:
         return list(dict.fromkeys(it.task for it in self.items))
 
 
-def drift_examples(task_spec: str, n: int, source: str = "embedded", bird_dir: str | None = None,
-                   ifeval_path: str | None = None) -> list[Any]:
+def drift_examples(task_spec: str, n: int, source: str = "embedded",
+                   task_data: Mapping[str, str] | None = None) -> list[Any]:
     """The fixed drift prompts of a task: its first n validation items, else the last n of its test split.
 
     Either way they are not the items the evaluation scores (the first n_items of test) unless it scores them all.
@@ -82,8 +82,8 @@ def drift_examples(task_spec: str, n: int, source: str = "embedded", bird_dir: s
     name, _ = parse_task_spec(task_spec)
     task = get_task(name)
     if source == "embedded" and task.loader is None and "validation" in committed_splits(task.name):
-        return load_task_items(name, n, "validation", source, bird_dir, ifeval_path)
-    items = load_task_items(name, 0, "test", source, bird_dir, ifeval_path)
+        return load_task_items(name, n, "validation", source, task_data)
+    items = load_task_items(name, 0, "test", source, task_data)
     if n > len(items):
         raise ValueError(f"asked for {n} drift prompts of {name}, which has only {len(items)} test items")
     return items[-n:]
@@ -117,8 +117,7 @@ def reference_responses(
     fingerprint: str | None = None,
     batch_size: int = 8,
     source: str = "embedded",
-    bird_dir: str | None = None,
-    ifeval_path: str | None = None,
+    task_data: Mapping[str, str] | None = None,
     cache: Cache | None = None,
     progress: bool = True,
 ) -> DriftReference:
@@ -133,7 +132,7 @@ def reference_responses(
     if n_per_task < 1:
         raise ValueError(f"n_per_task={n_per_task!r} must be >= 1 (eval.drift_prompts)")
     cache = cache or Cache()
-    examples = [ex for t in tasks for ex in drift_examples(t, n_per_task, source, bird_dir, ifeval_path)]
+    examples = [ex for t in tasks for ex in drift_examples(t, n_per_task, source, task_data)]
     decoding = generation.greedy(max_new_tokens)
     settings = {"tasks": list(tasks), "n_per_task": n_per_task, "decoding": decoding.key()}
     key = content_key(

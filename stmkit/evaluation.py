@@ -235,13 +235,14 @@ def evaluate_task(
 
 
 def load_task_items(
-    task_spec: str, n_items: int, split: str = "test", source: str = "embedded", bird_dir: str | None = None,
-    ifeval_path: str | None = None,
+    task_spec: str, n_items: int, split: str = "test", source: str = "embedded",
+    task_data: Mapping[str, str] | None = None,
 ) -> list[Any]:
-    """The first n_items (0 = all) of a task's split; BIRD from bird_dir / $STMKIT_BIRD_DIR and IFEval from
-    ifeval_path / $STMKIT_IFEVAL_PATH when given, else their stand-ins."""
+    """The first n_items (0 = all) of a task's split. task_data: a local copy of a task's data by task name
+    (EvalConfig.task_data: BIRD's dev folder, IFEval's JSONL); a task without one reads its default (its
+    environment variable, else its stand-in)."""
     name, _ = parse_task_spec(task_spec)
-    data_dir = {"bird": bird_dir, "ifeval": ifeval_path}.get(name)  # each task's own local copy, never another's
+    data_dir = (task_data or {}).get(get_task(name).name)  # each task's own local copy, never another's
     return load(name, split, n_items, source, data_dir=data_dir or None)
 
 
@@ -262,7 +263,7 @@ def evaluate_model(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate a model on several tasks -> {task spec: {accuracy, ci_low, ci_high, n, items_path, mode, ...}}.
 
-    Settings (max_new_tokens, batch_size, sandbox_timeout_s, bootstrap, bird_dir, ifeval_path) come from config, an
+    Settings (max_new_tokens, batch_size, sandbox_timeout_s, bootstrap, task data folders) come from config, an
     EvalConfig (defaults if None). With out_dir, each task's per-item JSONL is also written to
     out_dir/<task spec>.jsonl, and items_path points there.
     """
@@ -274,7 +275,7 @@ def evaluate_model(
     out: dict[str, dict[str, Any]] = {}
     for spec in tasks:
         name, mode = parse_task_spec(spec)
-        items = load_task_items(spec, n_items, split, source, cfg.bird_dir, cfg.ifeval_path)
+        items = load_task_items(spec, n_items, split, source, cfg.task_data)
         res = evaluate_task(
             model, tokenizer, name, items, mode or "auto", fingerprint=fp, split=split,
             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, sandbox_timeout_s=cfg.sandbox_timeout_s,

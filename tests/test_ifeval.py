@@ -195,11 +195,11 @@ def test_the_task_loads_the_standin_offline_and_a_file_when_given(tmp_path, monk
     assert len(fixture) == 5 and all(prompts[e.id] == e.prompt and e.meta["standin"] for e in fixture)
     rows = [_row(k, ["punctuation:no_comma"], [{}]) for k in range(10)]
     path = _write(tmp_path / "input_data.jsonl", rows)
-    picked = load_task_items("ifeval", 4, ifeval_path=str(path))
+    picked = load_task_items("ifeval", 4, task_data={"ifeval": str(path)})
     assert len(picked) == 4 and not picked[0].meta["standin"]
     assert [int(e.id) for e in picked] == sorted(int(e.id) for e in picked)  # a spread, in file order
     assert [e.id for e in load("ifeval", "test", 4, data_dir=str(path))] == [e.id for e in picked]
-    assert load_task_items("ifeval", 4, bird_dir=str(path))[0].meta["standin"]  # another task's folder: ignored
+    assert load_task_items("ifeval", 4, task_data={"bird": str(path)})[0].meta["standin"]  # another task's folder: ignored
     monkeypatch.setenv(ifeval.IFEVAL_PATH_ENV, str(path))
     assert len(load("ifeval", "test")) == 10
     with pytest.raises(ValueError, match="only a 'test' split"):

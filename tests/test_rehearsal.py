@@ -114,7 +114,7 @@ def test_bird_by_data_source():
     assert len(dev) == 2 and Path(dev[0].meta["db_path"]).parent.parent.name == "dev_databases"
     # the paper profile (source hf) reads the dev folder it is given, as the hub has no BIRD
     folder = Path(dev[0].meta["db_path"]).parent.parent.parent
-    assert [e.id for e in load_task_items("bird", 2, "test", "hf", bird_dir=str(folder))] == [e.id for e in dev]
+    assert [e.id for e in load_task_items("bird", 2, "test", "hf", {"bird": str(folder)})] == [e.id for e in dev]
 
 
 # --- stand-ins never answer correctly: rehearsals keep their answers, unverified ---------------------------------

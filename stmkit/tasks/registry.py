@@ -64,13 +64,12 @@ def _task_modules() -> list[str]:
 @cache
 def _discover() -> None:
     """Import every task module of this package (once): each registers its tasks, exactly its TASK_NAMES."""
+    declared: set[str] = set()
     for name in _task_modules():
-        before = set(TASKS)
-        module = importlib.import_module(f"{__package__}.{name}")
-        registered, declared = set(TASKS) - before, set(getattr(module, "TASK_NAMES", ()))
-        if registered != declared:
-            raise RuntimeError(f"task module {name} registers {sorted(registered)} but its TASK_NAMES says "
-                               f"{sorted(declared)}; make them agree (config validation reads TASK_NAMES)")
+        declared |= set(getattr(importlib.import_module(f"{__package__}.{name}"), "TASK_NAMES", ()))
+    if declared != set(TASKS):
+        raise RuntimeError(f"the task modules register {sorted(TASKS)} but their TASK_NAMES say {sorted(declared)}; "
+                           "make them agree (config validation reads TASK_NAMES)")
 
 
 @cache
