@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_write_json, canonical_json, content_key, sha256_file, verify_entry_of
+from .models import REGISTRY, fingerprint, load_model, pick_device, pick_dtype, resolve
 
 MODEL_INFO = "stmkit_model.json"
 
@@ -67,8 +68,6 @@ def combined_fingerprint(base: str, adapter_dir: str | Path | None = None) -> st
 
 def base_reference(name_or_path: str) -> str:
     """What adapters record as their base model: hub id for hub models, registry name for local ones, else as given."""
-    from .models import REGISTRY
-
     spec = REGISTRY.get(name_or_path)
     if spec is not None and spec.kind == "hub":
         return spec.hf_id or name_or_path
@@ -77,8 +76,6 @@ def base_reference(name_or_path: str) -> str:
 
 def resolve_base(ref: str, adapter_dir: Path) -> str:
     """A registry name, hub id or path (relative to the cwd, else to the adapter folder) -> loadable reference."""
-    from .models import REGISTRY
-
     if ref in REGISTRY or Path(ref).expanduser().exists():
         return ref
     beside = (Path(adapter_dir) / ref).resolve()
@@ -154,8 +151,6 @@ def load_trained(adapter_dir: str | os.PathLike, device: str = "auto", dtype: st
     """(model, tokenizer) of a trained adapter or full model folder, its base resolved through stmkit.models."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import load_model, pick_device, pick_dtype
-
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise FileNotFoundError(f"{adapter_dir} is not a folder; pass TrainResult.adapter_dir (or a checkpoint folder)")
@@ -229,8 +224,6 @@ def trained_model(
     if run_results.get("model_dir"):
         from transformers import AutoModelForCausalLM
 
-        from .models import fingerprint
-
         param = next(base_model.parameters())
         verify_entry_of(run_results["model_dir"])
         model = AutoModelForCausalLM.from_pretrained(str(run_results["model_dir"]), dtype=param.dtype)
@@ -245,8 +238,6 @@ def trained_model(
 
 def lm_eval_model_args(adapter_dir: str | os.PathLike) -> str:
     """`--model_args` for lm-evaluation-harness's `hf` model: the resolved base folder plus `peft=` the adapter."""
-    from .models import resolve
-
     adapter_dir = Path(adapter_dir).resolve()
     if (adapter_dir / "adapter_config.json").is_file() and init_adapter_of(adapter_dir) is not None:
         raise ValueError(

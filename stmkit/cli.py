@@ -7,11 +7,17 @@ import json
 import sys
 from collections.abc import Sequence
 
+from .cache import atomic_dir, atomic_write_json
+from .config import ConfigError, load_profile
+from .masking import mask_dataset, write_inspection
+from .models import REGISTRY, fingerprint, load_model
+from .preflight import cache_dir, writable_dir
+from .scoring import score_examples
+from .tasks.registry import SPLITS_DIR, compute_splits, get_task
+from .userdata import read_jsonl
+
 
 def _cmd_splits(args: argparse.Namespace) -> int:
-    from .cache import atomic_write_json
-    from .tasks.registry import SPLITS_DIR, compute_splits, get_task
-
     names = args.tasks or ["mbpp", "math", "gsm8k", "arc_challenge", "arc_easy", "sciq", "piqa"]
     for name in names:
         task = get_task(name)
@@ -32,13 +38,6 @@ def _cmd_splits(args: argparse.Namespace) -> int:
 
 
 def _cmd_mask(args: argparse.Namespace) -> int:
-    from .cache import atomic_dir, atomic_write_json
-    from .masking import mask_dataset, write_inspection
-    from .models import fingerprint, load_model
-    from .preflight import cache_dir, writable_dir
-    from .scoring import score_examples
-    from .userdata import read_jsonl
-
     # Everything cheap is checked before the model loads and the scoring starts.
     examples = read_jsonl(args.data)
     out = writable_dir(args.out, f"--out {args.out}", "give a folder for dataset/, stats.json and tokens.jsonl")
@@ -77,16 +76,12 @@ def _cmd_mask(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import REGISTRY
-
     for spec in REGISTRY.values():
         print(f"{spec.name:24s} {spec.kind:14s} {spec.hf_id or '':40s} {spec.note}")
     return 0
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from .config import load_profile
-
     print(json.dumps(load_profile(args.profile, args.overrides).to_dict(), indent=2, default=str))
     return 0
 
@@ -124,8 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `stmkit` console script."""
-    from .config import ConfigError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

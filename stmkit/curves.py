@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .adapters import trained_model
+from .evaluation import evaluate_model, parse_task_spec
+from .tasks import get_task
+from .training import RESULT_FILE
+
 CURVE_FIELDS = ("step", "epoch", "task", "accuracy", "ci_low", "ci_high", "n", "key")
 
 
@@ -51,8 +56,6 @@ def _step_of(folder: Path) -> int:
 
 def list_checkpoints(run_results: Mapping[str, Any]) -> list[Checkpoint]:
     """The intermediate checkpoints of a training run (by step) and its final model, from its run.json results."""
-    from .training import RESULT_FILE
-
     kind = "adapter_dir" if run_results.get("adapter_dir") else "model_dir" if run_results.get("model_dir") else None
     if kind is None:
         raise KeyError(
@@ -92,9 +95,6 @@ def resolve_task_specs(text: str, target: str) -> list[str]:
 
     Duplicates are dropped; an unknown task or mode is an error naming it.
     """
-    from .evaluation import parse_task_spec
-    from .tasks import get_task
-
     specs = []
     for raw in text.split(","):
         spec = raw.strip()
@@ -132,9 +132,6 @@ def checkpoint_accuracy(
     evaluation's cache key. Models are evaluated with evaluation.evaluate_model through adapters.trained_model
     (config: an EvalConfig for max_new_tokens, batch size, bootstrap, ...), so each is cached by its fingerprint.
     """
-    from .adapters import trained_model
-    from .evaluation import evaluate_model
-
     if isinstance(tasks, str):
         raise TypeError(f"tasks must be a list of task specs, not the string {tasks!r}; see resolve_task_specs")
     points = list_checkpoints(run_results)
@@ -156,7 +153,7 @@ def accuracy_curve_figure(
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from . import plots
+    from . import plots  # lazy: matplotlib (about 1 s) only when drawing
 
     plots.use_style()
     frames = {label: pd.DataFrame(list(rows)) for label, rows in curves.items() if rows}

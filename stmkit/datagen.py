@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .cache import Cache, content_key
+from .cache import Cache, atomic_write_text, content_key
 from .generation import Completion, Decoding, generate, sampling
 from .tasks import Example, ScoreOptions, get_task
 from .tasks.prompts import PROMPT_VERSION, REPHRASE_PROMPT
@@ -264,6 +264,4 @@ def correctness_set(
 
 def save_examples(path: Any, examples: Sequence[Example]) -> None:
     """JSONL of Examples (what 01_score_tokens and 04_sft read back)."""
-    from .cache import atomic_write_text
-
     atomic_write_text(path, "".join(json.dumps(e.to_dict()) + "\n" for e in examples))

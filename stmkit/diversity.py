@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from . import generation
 from .cache import Cache, atomic_write_text, content_key, dumps_finite
+from .datagen import sample_cached
+from .evaluation import load_task_items, parse_task_spec, resolve_mode
+from .scoring import data_fingerprint, tokenizer_fingerprint
+from .tasks import ScoreOptions
+from .tasks.prompts import PROMPT_VERSION
+from .tasks.registry import get_task, score
 from .transfer import load_metric
 
 DIVERSITY_VERSION = 1
@@ -83,14 +90,6 @@ def measure_self_bleu(
     fingerprint, tokenizer, items, decoding and BLEU settings, so a rerun is instant. With out_dir, the
     per-question records (samples, verdicts, Self-BLEU) are also copied to out_dir/self_bleu_<task>.jsonl.
     """
-    from . import generation
-    from .datagen import sample_cached
-    from .evaluation import load_task_items, parse_task_spec, resolve_mode
-    from .scoring import data_fingerprint, tokenizer_fingerprint
-    from .tasks import ScoreOptions
-    from .tasks.prompts import PROMPT_VERSION
-    from .tasks.registry import get_task, score
-
     name, mode = parse_task_spec(task)
     if mode == "loglik":
         raise ValueError(f"Self-BLEU samples free-form answers; use task {name!r} without ':loglik'")

@@ -29,8 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from . import generation, lm
+from .adapters import weights_fingerprint
 from .cache import Cache, content_key, dumps_finite
+from .evaluation import load_task_items, parse_task_spec
+from .generation import chat_prompt_ids, stop_token_ids
+from .lm import MIXED_PRECISIONS, autocast
 from .numerics import require_finite
+from .scoring import data_fingerprint, length_sorted_batches, tokenizer_fingerprint
+from .tasks.prompts import PROMPT_VERSION
+from .tasks.registry import committed_splits, get_task
 from .transfer import bootstrap_ci
 
 DRIFT_VERSION = 2  # 2: per-prompt KL recorded (the verdict's intervals resample prompts)
@@ -76,9 +84,6 @@ def drift_examples(task_spec: str, n: int, source: str = "embedded",
 
     Either way they are not the items the evaluation scores (the first n_items of test) unless it scores them all.
     """
-    from .evaluation import load_task_items, parse_task_spec
-    from .tasks.registry import committed_splits, get_task
-
     name, _ = parse_task_spec(task_spec)
     task = get_task(name)
     if source == "embedded" and task.loader is None and "validation" in committed_splits(task.name):
@@ -90,8 +95,6 @@ def drift_examples(task_spec: str, n: int, source: str = "embedded",
 
 
 def _rows(tokenizer: Any, examples: Sequence[Any], completions: Sequence[Any]) -> list[DriftItem]:
-    from .generation import chat_prompt_ids, stop_token_ids
-
     eot = stop_token_ids(tokenizer)[0]
     items = []
     for ex, comp in zip(examples, completions, strict=True):
@@ -122,11 +125,6 @@ def reference_responses(
     progress: bool = True,
 ) -> DriftReference:
     """The base model's greedy answers to n_per_task fixed prompts of each task (cached by model and prompts)."""
-    from . import generation
-    from .adapters import weights_fingerprint
-    from .scoring import data_fingerprint, tokenizer_fingerprint
-    from .tasks.prompts import PROMPT_VERSION
-
     if isinstance(tasks, str):
         raise TypeError(f"tasks must be a list of task names, not the string {tasks!r}")
     if n_per_task < 1:
@@ -197,8 +195,6 @@ def _hidden_at(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: int):
     """Final hidden states at the positions that predict each row's response tokens, and those target tokens."""
     import torch
 
-    from . import lm
-
     device = next(model.parameters()).device
     ids, mask = lm.pad([r[0] for r in rows], pad_id, "right")
     ids, mask = ids.to(device), mask.to(device)
@@ -215,8 +211,6 @@ def _hidden_at(model: Any, rows: Sequence[tuple[list[int], int]], pad_id: int):
 
 def _log_softmax(hidden: Any, head: Any, cap: float | None) -> Any:
     import torch
-
-    from . import lm
 
     return torch.log_softmax(lm.head_logits(head, cap, hidden), dim=-1)
 
@@ -282,15 +276,13 @@ def _per_row(
     import torch
     from tqdm.auto import tqdm
 
-    from .scoring import length_sorted_batches
-
     out: list[tuple[float, float, float] | None] = [None] * len(rows)
     batches = length_sorted_batches([len(r[0]) for r in rows], batch_size, max_tokens)
-    autocast = torch.is_autocast_enabled(next(finetuned.parameters()).device.type)  # the base memo, per precision
+    autocast_on = torch.is_autocast_enabled(next(finetuned.parameters()).device.type)  # the base memo, per precision
     with torch.inference_mode():
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
             kl, nb, nf = _token_stats(finetuned, base, [rows[i] for i in batch], pad_id, memo,
-                                      (desc, tuple(batch), autocast))
+                                      (desc, tuple(batch), autocast_on))
             start = 0
             for i in batch:
                 n = len(rows[i][0]) - rows[i][1]
@@ -333,8 +325,6 @@ def measure_drift(
     fp32): ~2.5x faster on a CPU with AMX; KL comes out 2-5% lower than in fp32 (bench_precision: -4.8% on one
     adapter; -1.8% on the default's ground-truth runs), far inside seed-to-seed variation but not equal.
     """
-    from .lm import MIXED_PRECISIONS, autocast
-
     if not reference.items:
         raise ValueError("the drift reference has no prompts; record it with reference_responses(...) first")
     if mixed_precision not in MIXED_PRECISIONS:

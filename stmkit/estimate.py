@@ -65,7 +65,6 @@ def estimate_runs(profile: str, runs: Sequence[Any], gflops: float | None,
     reference = entry["gflops"] if "gflops" in entry else (costs.get("reference") or {}).get("gflops")
     scale = reference / gflops if reference and gflops else 1.0
 
-
     def scaled(value: Any) -> float:
         """A recorded cost is seconds, or {seconds, gflops} when measured on another machine (gflops null: as is)."""
         if isinstance(value, dict):

@@ -11,10 +11,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_write_json, atomic_write_text
+from .cache import Cache, atomic_write_json, atomic_write_text
 from .config import Profile, load_profile
+from .models import fingerprint, load_model
 from .records import RunRecord, StageResults, results_type
 from .runinfo import RunLog
+from .scoring import score_examples
+from .tables import save_table
+from .tasks import Example, load
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,8 +72,6 @@ class Run:
 
     @cached_property
     def model_and_tokenizer(self) -> tuple[Any, Any]:
-        from .models import load_model
-
         m = self.profile.model
         with self.log.timed("load_model"):
             return load_model(m.name, m.device, m.dtype, m.revision)
@@ -101,8 +103,6 @@ class Run:
 
     @cached_property
     def model_fingerprint(self) -> str:
-        from .models import fingerprint
-
         return fingerprint(self.profile.model.name)
 
     def describe(self) -> str:
@@ -124,20 +124,16 @@ class Run:
 
     def save_figure(self, fig: Any, name: str) -> list[Path]:
         """PNG + PDF under the run folder's figures/ (the figures notebook gathers them for the profile)."""
-        from .plots import save_figure
+        from .plots import save_figure  # lazy: matplotlib (about 1 s) only for a run that saves a figure
 
         return save_figure(fig, name, self.dir / "figures")
 
     def save_table(self, df: Any, name: str, caption: str = "") -> list[Path]:
         """CSV + Markdown under the run folder's tables/."""
-        from .tables import save_table
-
         return save_table(df, name, self.dir / "tables", caption)
 
     def target_examples(self, split: str = "train", n: int | None = None, task: str | None = None) -> list[Any]:
         """Items of the profile's target task (or of `task`): data.n_train for train, data.n_val for validation."""
-        from .tasks import load
-
         d = self.profile.data
         if n is None:
             n = {"train": d.n_train, "validation": d.n_val}.get(split, self.profile.eval.n_items)
@@ -148,8 +144,6 @@ class Run:
 
         max_length: default data.max_length (what training sees); analyses of other tasks' data may need more.
         """
-        from .scoring import score_examples
-
         c = self.profile.scoring
         with self.log.timed(f"score_{label}"):
             scored, key = score_examples(
@@ -158,7 +152,6 @@ class Run:
                 max_tokens_per_batch=c.max_tokens_per_batch,
             )
         self.log.key(f"scores_{label}", key)
-        from .cache import Cache
 
         # compute cost of these scores when they were made (cache hits cost nothing now)
         self.log.cost(f"score_{label}", Cache().meta("scores", key).get("wall_s"))
@@ -166,8 +159,6 @@ class Run:
 
     def generated_sets(self, run_name: str = "generate") -> dict[str, list[Any]]:
         """Self-Output and Rephrase training sets made by 03_generate_data for this profile, if it has run."""
-        from .tasks import Example
-
         path = self._upstream(run_name) / "run.json"
         if not path.is_file():
             print(f"(no generated data yet: {path} is missing; run 03_generate_data for Self-Output/Rephrase rows)")

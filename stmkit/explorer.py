@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .masking import stm_or_conflict_masks
 from .plots import tokens_html
 from .scoring import Scored
 
@@ -28,8 +29,6 @@ ENTROPY_STOPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 def masked_counts(scored: Sequence[Scored], tau: float, conflict_entropy: float | None = None) -> tuple[int, int]:
     """(masked, response tokens) at tau by the same rule training uses (stmkit.masking), so the shares agree;
     with conflict_entropy, by the `conflict` rule (confident conflicts only)."""
-    from .masking import stm_or_conflict_masks
-
     masks = stm_or_conflict_masks(scored, tau, conflict_entropy)
     return int(sum(int(m.sum()) for m in masks)), int(sum(len(m) for m in masks))
 

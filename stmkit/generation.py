@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .lm import pad as _pad
 from .scoring import end_of_turn, length_sorted_batches
 
 GENERATION_VERSION = 2  # 2: static KV cache on CPU
@@ -136,8 +137,6 @@ def hf_generation_config(decoding: Decoding, stop_ids: Sequence[int], pad_id: in
 
 
 def _pad_left(rows: Sequence[Sequence[int]], pad_id: int):
-    from .lm import pad as _pad
-
     return _pad(rows, pad_id, side="left")
 
 

@@ -22,7 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .cache import Cache, content_key, dumps_finite
+from .cache import Cache, atomic_write_text, content_key, dumps_finite
+from .evaluation import load_task_items, parse_task_spec
+from .generation import chat_prompt_ids
+from .lm import MIXED_PRECISIONS, autocast
+from .scoring import Rendered, score_rendered
 
 MC_LEAD = "The answer is"  # how the kit's multiple-choice reference answers begin ("The answer is D. ...")
 GOLD_NLL_VERSION = 2  # 2: multiple choice scores the gold letter only, after "The answer is"
@@ -40,9 +44,6 @@ class GoldItem:
 
 def gold_items(tokenizer: Any, task_spec: str, n: int, split: str = "test", source: str = "embedded") -> list[GoldItem]:
     """The first n items of a task's split with a non-empty reference answer, tokenised for gold_nll."""
-    from .evaluation import load_task_items, parse_task_spec
-    from .generation import chat_prompt_ids
-
     name, _ = parse_task_spec(task_spec)
     examples = load_task_items(name, n, split, source)
     out = []
@@ -78,9 +79,6 @@ def gold_nll(
 
     mixed_precision "bf16": the forward passes run under bf16 autocast (fp32 weights). On a CPU with AMX 2.6-3.7x
     faster; per-task means agree with fp32 to ~1e-3 nats/token (`make bench`, bench_precision)."""
-    from .lm import MIXED_PRECISIONS, autocast
-    from .scoring import Rendered, score_rendered
-
     if not items:
         raise ValueError("no items to measure gold-answer NLL on")
     if mixed_precision not in MIXED_PRECISIONS:
@@ -127,9 +125,6 @@ def measure_model(
     """Gold-answer NLL of one model on the profile's gold tasks (eval.gold_tasks x eval.gold_items) and its target
     (eval.gold_target_items) -> {task: {mean, n, path}}; per-item values go to out_dir/gold_nll_<task>.json."""
     from pathlib import Path
-
-    from .cache import atomic_write_text
-    from .evaluation import parse_task_spec
 
     plan = [(t, eval_cfg.gold_items) for t in eval_cfg.gold_tasks if parse_task_spec(t)[0] != target]
     if eval_cfg.gold_target_items:

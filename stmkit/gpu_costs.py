@@ -30,6 +30,9 @@ from typing import Any
 
 import yaml
 
+from .evaluation import load_task_items, parse_task_spec, resolve_mode
+from .models import load_tokenizer
+
 GPU_COSTS_FILE = Path(__file__).resolve().parent.parent / "configs" / "costs" / "gpu.yaml"
 RUN_OVERHEAD_S = 60.0  # kernel start and loading the model, per run
 PADDING = 1.25  # training tokens padded to the longest example of a batch
@@ -177,8 +180,6 @@ def _size(task: str, split: str, n: int) -> int:
 
 def estimate_run(run: Any, cfg: Any, costs: dict[str, Any] | None = None) -> GpuEstimate:
     """GPU-hours, peak memory and disk of one sweep run (a sweeps.RunSpec) under its resolved profile `cfg`."""
-    from .evaluation import parse_task_spec, resolve_mode
-
     costs = costs or load_gpu_costs()
     c = _Costing(cfg.model.name, costs)
     d, t, e, g = cfg.data, cfg.training, cfg.eval, cfg.generation
@@ -268,9 +269,6 @@ def measure_task_tokens(tasks: tuple[str, ...] = ("mbpp", "math", "gsm8k", "arc_
                         n: int = 300) -> dict[str, dict[str, int]]:
     """Mean tokens of each task's chat-formatted prompt and gold answer (embedded test items, SmolLM2's tokenizer):
     the task_tokens block of configs/costs/gpu.yaml."""
-    from .evaluation import load_task_items
-    from .models import load_tokenizer
-
     tok = load_tokenizer("smollm2-135m-instruct")
     out = {}
     for task in tasks:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache import atomic_write_text
 from .lm import IGNORE
 from .numerics import require_finite
 from .scoring import Scored
@@ -278,8 +279,6 @@ def masked_share_curve(scored: Sequence[Scored], taus: Sequence[float]) -> list[
 def write_inspection(path: Path, scored: Sequence[Scored], masks: Sequence[np.ndarray], tokenizer: Any) -> None:
     """JSONL with each response token, its PPL, its predictive entropies (when scored with them) and whether it is
     masked (for humans and plots)."""
-    from .cache import atomic_write_text
-
     lines = []
     for s, m in zip(scored, masks, strict=True):
         toks = tokenizer.convert_ids_to_tokens(s.response_ids)

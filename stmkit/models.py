@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_dir, cache_root, sha256_file, verify_dir
+from .cache import atomic_dir, atomic_write_json, cache_root, sha256_file, verify_dir
 from .preflight import require_hub
+from .standins import ensure_standin
+from .tiny import ensure_tiny_model
 
 
 class ModelUnavailableError(RuntimeError):
@@ -113,12 +115,8 @@ def resolve(name_or_path: str) -> Path | str:
             verify_dir(dest)  # content, hashed once (then a verified stamp): a same-size overwrite gave NaN
             return dest
         if spec.kind == "standin":
-            from .standins import ensure_standin
-
             return ensure_standin(spec.name, models_dir())
         if spec.kind == "tiny":
-            from .tiny import ensure_tiny_model
-
             return ensure_tiny_model(models_dir())
         return spec.hf_id
     p = Path(name_or_path).expanduser()
@@ -222,8 +220,6 @@ def fingerprint(name_or_path: str) -> str:
         h.update(sha256_file(p).encode())
     fp = h.hexdigest()[:16]
     if os.access(folder, os.W_OK):
-        from .cache import atomic_write_json
-
         atomic_write_json(stamp, {"sig": sig, "fingerprint": fp})
     return fp
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import estimate, gpu_costs
-from .cache import atomic_write_json, canonical_json, content_key
+from .cache import Cache, atomic_write_json, canonical_json, content_key
 from .config import CONFIG_DIR, ConfigError, load_profile, profile_path, replace
 from .experiment import results_root
 from .preflight import SetupError, cache_dir, writable_dir
@@ -194,8 +194,6 @@ def execute(profile: str, run: RunSpec, key: str, root: Path) -> Outcome:
 
 def _cache_entries() -> set[str]:
     """The artifact folders in the cache now (<stage>/<key>); a run that adds some computed them."""
-    from .cache import Cache
-
     art = Cache().root
     return {f"{s.name}/{k.name}" for s in art.iterdir() if s.is_dir() for k in s.iterdir()} if art.is_dir() else set()
 

@@ -74,7 +74,7 @@ def require_hub(ref: str | Path) -> None:
     proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
     if constants.is_offline_mode() or proxied or hub_reachable():
         return
-    from .models import DEFAULT_MODEL, ModelUnavailableError
+    from .models import DEFAULT_MODEL, ModelUnavailableError  # lazy: models imports this module
 
     raise ModelUnavailableError(
         f"model '{ref}' is a Hugging Face id, but {constants.ENDPOINT} cannot be reached (no network) and "

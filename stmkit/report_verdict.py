@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import drift, gold_nll, verdict
+from .paper import paper_table
 from .records import RunRecord
 from .tables import save_table, to_markdown
 
@@ -104,8 +105,6 @@ def paper_numbers() -> dict[str, tuple[float | None, str]]:
     Only accuracy is in the paper's units (relative change, %); the effect used for the MDE comparison is the
     smaller of the two models' magnitudes. Other measures show the paper's number as context only.
     """
-    from .paper import paper_table
-
     t2 = paper_table(2)
     t2 = t2[(t2["target_task"] == "MBPP") & t2["model"].isin(["Gemma 2 IT 2B", "Llama 3 8B Instruct"])]
 
@@ -195,7 +194,7 @@ def siblings_section(data: verdict.VerdictInput, tables_dir: Path, figures_dir: 
     mask run's probability x entropy plane (a figure path relative to the report) with its quadrant shares."""
     if not any(a in data.arms for a in SIBLING_ONLY):
         return ""
-    from . import plots
+    from . import plots  # lazy: matplotlib (about 1 s) only when there is a figure to draw
 
     rows = verdict.siblings(data)
     df = verdict.table(rows).drop(columns=["paper"]).rename(columns={"claim": "question"})

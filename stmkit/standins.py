@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_dir, verify_dir
+from .tasks.registry import get_task
+from .tiny import _pretrain
 
 STANDIN_VERSION = 1
 
@@ -139,8 +141,6 @@ def _tokenizer(family: Family, texts: list[str]) -> Any:
 
 def _chat_texts(tok: Any) -> list[str]:
     """MBPP and GSM8K answers in the family's own chat format (what the stand-in briefly learns)."""
-    from .tasks.registry import get_task
-
     texts = []
     for name in ("mbpp", "gsm8k"):
         for ex in get_task(name).embedded()[:150]:
@@ -154,8 +154,6 @@ def build_standin(name: str, dest: Path) -> Path:
     import torch
     import transformers
     from transformers import GenerationConfig
-
-    from .tiny import _pretrain
 
     family = FAMILIES[name]
     plain = [f"{ex}" for ex in _raw_corpus()]
@@ -179,8 +177,6 @@ def build_standin(name: str, dest: Path) -> Path:
 
 
 def _raw_corpus() -> list[str]:
-    from .tasks.registry import get_task
-
     return [f"{ex.prompt}\n{ex.response}" for name in ("mbpp", "gsm8k") for ex in get_task(name).embedded()[:150]]
 
 

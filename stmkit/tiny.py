@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .cache import atomic_dir, verify_dir
+from .tasks.registry import get_task
 
 TINY_VERSION = 2
 CHAT_TEMPLATE = (
@@ -23,8 +24,6 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def _corpus() -> list[str]:
     """Chat-formatted prompts and answers from the embedded MBPP and GSM8K items, plus ARC questions."""
-    from .tasks.registry import get_task
-
     texts = []
     for name in ("mbpp", "gsm8k"):
         for ex in get_task(name).embedded()[:300]:

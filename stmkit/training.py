@@ -388,6 +388,7 @@ def _train_into(folder: Path, job: _Job) -> TrainResult:
     """Build the trainer, train, save adapter + checkpoints + train_result.json into folder."""
     import torch
 
+    # lazy: the trainer module loads torch, TRL and PEFT (~4 s), which planning and the report never need
     from .trainer import Checkpoints, build, save_weights, time_evaluations
 
     spec, cfg, counts, init = job.spec, job.spec.cfg, job.counts, job.init

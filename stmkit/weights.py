@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from .adapters import MODEL_INFO, load_trained
+from .models import load_model
+
 DELTA_W_CAPTION = (
     "||ΔW||: Frobenius norm of the weight update over all adapted matrices taken together, "
     "sqrt(sum_m ||ΔW_m||_F^2), where m runs over the decoder's linear layers (attention q/k/v/o, MLP gate/up/down; "
@@ -233,8 +236,6 @@ def summarize(source: Any, base: Any = None, projections: Sequence[str] = ("q_pr
 
 def summarize_trained(adapter_dir: str | Path, projections: Sequence[str] = ("q_proj", "o_proj")) -> dict[str, Any]:
     """summarize() for a folder written by stmkit.training: LoRA from its files, DoRA and full by loading models."""
-    from .adapters import MODEL_INFO, load_trained
-
     adapter_dir = Path(adapter_dir)
     cfg_path = adapter_dir / "adapter_config.json"
     if cfg_path.is_file() and not json.loads(cfg_path.read_text()).get("use_dora"):
@@ -242,7 +243,6 @@ def summarize_trained(adapter_dir: str | Path, projections: Sequence[str] = ("q_
     tuned, _ = load_trained(adapter_dir, device="cpu", dtype="float32")
     if cfg_path.is_file():
         return summarize(tuned, projections=projections)
-    from .models import load_model
 
     base_name = json.loads((adapter_dir / MODEL_INFO).read_text())["base_model"]
     base, _ = load_model(base_name, "cpu", "float32")

@@ -9,8 +9,10 @@ from typing import Any
 import pandas as pd
 
 from ..catalogue import NEEDS, TITLES
+from ..evaluation import load_records
 from ..plots import accuracy_vs_masked, ppl_vs_bwt, regularization_lines, save_figure
 from ..tables import save_table, to_markdown
+from ..tasks import ifeval
 from .claims import compare, interval, stm_vs_gt_claim
 from .runs import (
     GEMMA2B,
@@ -353,9 +355,6 @@ def fig02(ctx: Context) -> Section:
 
 def _ifeval_levels(summary: dict[str, Any], n_resamples: int = 1000) -> dict[str, Any]:
     """Instruction-level and loose accuracies of one IFEval evaluation, read from its per-item file ({} if none)."""
-    from ..evaluation import load_records
-    from ..tasks import ifeval
-
     try:
         records = load_records(summary["items_path"])
         levels: dict[str, Any] = dict(ifeval.accuracies(records))
@@ -371,8 +370,6 @@ def _ifeval_levels(summary: dict[str, Any], n_resamples: int = 1000) -> dict[str
 def table09(ctx: Context) -> Section:
     """IFEval after MBPP training: prompt-level strict accuracy (the paper's metric), instruction-level beside it,
     for the base model and the plain ground-truth and STM runs at each learning rate."""
-    from ..tasks import ifeval
-
     title = TITLES["table09"]
     ctx = main_scope(ctx, None, "mbpp")
     acc, transfer, _, rec = evaluations(ctx)

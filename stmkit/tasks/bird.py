@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import sandbox
+from ..cache import atomic_dir, cache_root, verify_dir
 from . import prompts
 from .base import Example, ScoreOptions, spread
 from .bird_standin import connect_read_only, write_standin
@@ -292,8 +293,6 @@ def load_standin(root: str | Path, *, prompt_style: str = "kit") -> list[Example
 
 def _standin_dir(seed: int, n_items: int) -> Path:
     """The stand-in's folder in the stmkit cache, built once (atomically) and verified."""
-    from ..cache import atomic_dir, cache_root, verify_dir
-
     root = cache_root() / "bird_standin" / f"v{STANDIN_VERSION}-seed{seed}-n{n_items}"
     if not root.is_dir():
         with atomic_dir(root, meta={"standin_version": STANDIN_VERSION, "seed": seed, "n_items": n_items}) as tmp:
@@ -311,8 +310,6 @@ def ensure_dev_fixture(seed: int = 0, n_items: int = STANDIN_ITEMS) -> Path:
     """The stand-in laid out as BIRD dev is (dev.json, dev_databases/<db>/<db>.sqlite), built once in the cache:
     data.source 'hub-fixture' reads it through load_bird_dev, the path the paper profile takes with real BIRD."""
     import shutil
-
-    from ..cache import atomic_dir, cache_root, verify_dir
 
     standin = _standin_dir(seed, n_items)
     root = cache_root() / "bird_dev_fixture" / standin.name

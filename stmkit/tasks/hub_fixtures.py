@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .arc import parse_mc_query
 from .embedded import read_docs
 
 FIXTURE_DIR = Path(__file__).resolve().parent.parent / "data" / "hub_fixtures"
@@ -68,8 +69,6 @@ def _math_rows() -> list[dict[str, Any]]:
 
 
 def _arc_rows(folder: str) -> list[dict[str, Any]]:
-    from .arc import parse_mc_query
-
     rows = []
     for i, d in enumerate(read_docs(f"{folder}/test_mc_5shot", id_key="native_id")):
         question, options = parse_mc_query(d["query"], f"{folder} item {d['id']}")

@@ -8,6 +8,7 @@ from typing import Any
 from . import prompts
 from .base import Example, ScoreOptions, text_id
 from .embedded import read_docs
+from .math_check import extract_boxed, extract_math_answer, math_equal_with_judge
 from .registry import Task, register
 
 TASK_NAMES = ("math",)  # what this module registers (read without importing it: registry.task_names)
@@ -25,8 +26,6 @@ SUBJECTS = (
 
 def from_row(row: dict[str, Any], item_id: str | None = None) -> Example:
     """A row in the hub schema (problem, level, type, solution) -> Example; the answer is the last \\boxed{}."""
-    from .math_check import extract_boxed
-
     answer = row.get("answer") or extract_boxed(row["solution"]) or ""
     return Example(
         id=item_id or str(row.get("unique_id") or row.get("id") or text_id(row["problem"])),
@@ -53,15 +52,11 @@ def _from_hub(row: dict[str, Any]) -> Example:
 
 def extract(text: str, example: Example | None = None) -> str | None:
     """The final answer of a generated solution: the last 'Answer:' line, else the last \\boxed{}."""
-    from .math_check import extract_math_answer
-
     return extract_math_answer(text)
 
 
 def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreOptions) -> list[dict[str, Any]]:
     """Local equivalence (normalisation, then sympy), or options.judge(problem, pred, gold) when plugged in."""
-    from .math_check import math_equal_with_judge
-
     out = []
     for ex, text in zip(examples, generated, strict=True):
         pred = extract(text)

@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from .. import sandbox
 from . import prompts
 from .base import Example, ScoreOptions
 from .embedded import read_docs
@@ -76,8 +77,6 @@ def extract(text: str, example: Example | None = None) -> str:
 def score(examples: Sequence[Example], generated: Sequence[str], options: ScoreOptions) -> list[dict[str, Any]]:
     """pass@1: setup, extracted code and the item's asserts run in the sandbox (in parallel); correct only with the
     sandbox's proof that every assert ran and returned (an early exit is wrong, with its cause recorded)."""
-    from .. import sandbox
-
     codes = [extract(text) for text in generated]
     todo = [i for i, code in enumerate(codes) if code.strip()]
     programs = [(codes[i], examples[i].tests, examples[i].setup) for i in todo]

@@ -186,7 +186,7 @@ def load_hub(task: Task, split: str, fixture: bool = False) -> list[Example]:
     hub-schema fixture files (stmkit.tasks.hub_fixtures), read the same way."""
     import datasets
 
-    from .hub_fixtures import load_fixture
+    from .hub_fixtures import load_fixture  # lazy: hub_fixtures imports a task module, which imports this one
 
     if task.hub is None:
         raise ValueError(f"task {task.name} has no Hugging Face dataset; use source 'embedded'")
