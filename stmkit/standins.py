@@ -28,7 +28,7 @@ from typing import Any
 
 from .cache import atomic_dir, verify_dir
 from .tasks.registry import get_task
-from .tiny import _pretrain
+from .tiny import pretrain
 
 STANDIN_VERSION = 1
 
@@ -167,7 +167,7 @@ def build_standin(name: str, dest: Path) -> Path:
     model = getattr(transformers, family.model_class)(config)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        _pretrain(model, tok, _chat_texts(tok), steps=60)
+        pretrain(model, tok, _chat_texts(tok), steps=60)
     model.generation_config = GenerationConfig(bos_token_id=ids["bos"], eos_token_id=ids["eos"],
                                                pad_token_id=tok.pad_token_id)
     with atomic_dir(dest, meta={"standin_version": STANDIN_VERSION, "family": name}) as tmp:

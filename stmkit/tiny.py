@@ -58,7 +58,7 @@ def _train_tokenizer(texts: list[str]):
     return tok
 
 
-def _pretrain(model, tok, texts: list[str], steps: int = 120, seq: int = 128, batch: int = 8) -> None:
+def pretrain(model, tok, texts: list[str], steps: int = 120, seq: int = 128, batch: int = 8) -> None:
     """A few hundred thousand tokens of next-token training so the model is not uniform."""
     import torch
 
@@ -100,7 +100,7 @@ def build_tiny_model(dest: Path) -> Path:
     model = LlamaForCausalLM(config)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        _pretrain(model, tok, texts)
+        pretrain(model, tok, texts)
     model.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     )
