@@ -134,7 +134,7 @@ def test_measure_self_bleu_accuracy_is_the_share_of_correct_samples(tiny, tmp_pa
             seen.add(ex.id)
         return out
 
-    monkeypatch.setattr("stmkit.tasks.registry.score", first_sample_correct)
+    monkeypatch.setattr("stmkit.diversity.score", first_sample_correct)
     res = diversity.measure_self_bleu(model, tok, "gsm8k", 2, generation.sampling(3, max_new_tokens=4), fingerprint="tiny-fp",
                                       cache=Cache(tmp_path))
     assert res["accuracy"] == pytest.approx(1 / 3)
