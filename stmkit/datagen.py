@@ -21,6 +21,7 @@ from typing import Any
 
 from .cache import Cache, atomic_write_text, content_key
 from .generation import Completion, Decoding, generate, sampling
+from .progress import bar as progress_bar
 from .tasks import Example, ScoreOptions, get_task
 from .tasks.prompts import PROMPT_VERSION, REPHRASE_PROMPT
 
@@ -92,12 +93,10 @@ def sample_cached(
     """Sampled answers to each prompt, generated in chunks of one batch each (batch_size sequences: prompts x
     decoding.num_samples); each chunk is a cache entry, so reruns and resumed runs skip it. Also the generation
     time. Samples depend on the batching, so batch_size is part of each chunk's key."""
-    from tqdm.auto import tqdm
-
     out: list[list[Completion]] = []
     wall = 0.0
     per_chunk = max(1, batch_size // decoding.num_samples)
-    for start in tqdm(range(0, len(prompts), per_chunk), desc=desc, unit="chunk", leave=False):
+    for start in progress_bar(range(0, len(prompts), per_chunk), desc=desc, unit="chunk"):
         chunk = list(prompts[start : start + per_chunk])
         # the chunk's seed depends on its position so chunks do not repeat each other's samples
         dec = replace(decoding, seed=decoding.seed + start)

@@ -36,6 +36,7 @@ from .evaluation import load_task_items, parse_task_spec
 from .generation import chat_prompt_ids, stop_token_ids
 from .lm import MIXED_PRECISIONS, autocast
 from .numerics import require_finite
+from .progress import bar as progress_bar
 from .scoring import data_fingerprint, length_sorted_batches, tokenizer_fingerprint
 from .tasks.prompts import PROMPT_VERSION
 from .tasks.registry import committed_splits, get_task
@@ -274,13 +275,12 @@ def _per_row(
 ) -> list[tuple[float, float, float]]:
     """(mean KL, mean NLL base, mean NLL finetuned) per row, in length-sorted batches; non-finite ones refused."""
     import torch
-    from tqdm.auto import tqdm
 
     out: list[tuple[float, float, float] | None] = [None] * len(rows)
     batches = length_sorted_batches([len(r[0]) for r in rows], batch_size, max_tokens)
     autocast_on = torch.is_autocast_enabled(next(finetuned.parameters()).device.type)  # the base memo, per precision
     with torch.inference_mode():
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(batches, desc=desc, unit="batch", disable=not progress):
             kl, nb, nf = _token_stats(finetuned, base, [rows[i] for i in batch], pad_id, memo,
                                       (desc, tuple(batch), autocast_on))
             start = 0

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .lm import pad as _pad
+from .progress import bar as progress_bar
 from .scoring import end_of_turn, length_sorted_batches
 
 GENERATION_VERSION = 2  # 2: static KV cache on CPU
@@ -180,7 +181,6 @@ def generate(
     if not prompts:
         return []
     import torch
-    from tqdm.auto import tqdm
 
     stop = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
@@ -202,7 +202,7 @@ def generate(
             torch.manual_seed(decoding.seed)
             if device.type == "cuda":
                 torch.cuda.manual_seed_all(decoding.seed)
-            bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, leave=False)
+            bar = progress_bar(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
             for batch in batches:
                 ids, mask = _pad_left([encoded[i] for i in batch], pad_id)
                 out = model.generate(

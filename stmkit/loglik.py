@@ -9,9 +9,10 @@ import numpy as np
 
 from . import lm
 from .numerics import require_finite
+from .progress import bar as progress_bar
 from .scoring import Rendered, length_sorted_batches, score_rendered
 
-# torch and tqdm are imported where they are used, for start-up time: importing the evaluation harness (the report,
+# torch is imported where it is used, for start-up time: importing the evaluation harness (the report,
 # the notebooks' tables) should not pay for them.
 
 
@@ -67,7 +68,6 @@ def _loglik_shared(
 ) -> list[list[float]]:
     """Context pass (left-padded, so every context ends in the last column), then all options on its KV cache."""
     import torch
-    from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     decoder, head, cap = lm.head_of(model)
@@ -80,7 +80,7 @@ def _loglik_shared(
     model.eval()
     try:
         with torch.inference_mode():
-            bar = tqdm(batches, desc="option log-likelihoods", unit="batch", disable=not progress, leave=False)
+            bar = progress_bar(batches, desc="option log-likelihoods", unit="batch", disable=not progress)
             for batch in bar:
                 ids, mask = lm.pad([ctx_ids[i] for i in batch], pad_id, "left")
                 ids, mask = ids.to(device), mask.to(device)

@@ -21,6 +21,7 @@ import numpy as np
 from . import lm
 from .cache import Cache, CacheCorruptError, content_key, dumps_finite
 from .numerics import require_finite
+from .progress import bar as progress_bar
 
 SCORING_VERSION = 2  # 2: entropies recorded beside the log-probs
 ENTROPY_TOP_K = 20
@@ -197,7 +198,6 @@ def score_rendered(
     entropies: also record each response token's predictive entropies (scoring for masking does; evaluation's
     log-likelihoods need only the log-probs)."""
     import torch
-    from tqdm.auto import tqdm
 
     for r in rendered:
         if r.n_response < 1:
@@ -207,7 +207,7 @@ def score_rendered(
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for batch in tqdm(batches, desc="scoring", unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(batches, desc="scoring", unit="batch", disable=not progress):
             rows = response_logprobs(model, [rendered[i] for i in batch], pad_id, padding_side, entropies)
             for i, row in sorted(zip(batch, rows, strict=True), key=lambda pair: pair[0]):
                 # NaN > tau is False: a NaN would pass as a confident token that is never masked

@@ -41,13 +41,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from . import lm
 from .adapters import adapter_fingerprint, base_reference, write_model_info
 from .cache import Cache, atomic_write_json, content_key, verify_entry_of
 from .config import TrainingConfig
 from .models import fingerprint, pick_device, pick_dtype
+from .progress import bar as progress_bar
 
 # torch, datasets, pandas, accelerate and the trainer (TRL, PEFT) are imported where they are used: the readers of
 # TrainResult and RESULT_FILE (curves, the report) should not pay their seconds of import time.
@@ -475,7 +474,7 @@ def _train_into(folder: Path, job: _Job) -> TrainResult:
 def _trained_batches(ds: Any, batch_size: int, device: Any, desc: str = "", progress: bool = False) -> Any:
     """(input_ids, attention_mask, labels, keep) per batch; keep marks positions whose next token is trained."""
     rows = list(zip(ds["input_ids"], ds["labels"], strict=True))
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(rows), batch_size), desc=desc, disable=not progress):
         chunk = rows[start : start + batch_size]
         ids, mask = lm.pad([r[0] for r in chunk], 0)
         labels, _ = lm.pad([r[1] for r in chunk], IGNORE)
