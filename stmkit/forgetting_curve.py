@@ -85,3 +85,26 @@ def describe(rows: Sequence[Mapping[str, Any]], measure: str = "gold_nll") -> li
                      f"[{last['ci_low']:+.3f}, {last['ci_high']:+.3f}]{slope}")
     return lines
 
+
+
+def summary(rows: Sequence[Mapping[str, Any]], runs: Mapping[str, tuple[str, Any]]) -> list[dict[str, str]]:
+    """One row per training run for the README: its method and learning rate (runs: {run: (label, lr)}), the
+    gold-answer NLL rise at each step, the last with its interval, and KL drift from the first step to the last."""
+    out = []
+    def order(run: str) -> tuple[float, str]:  # higher learning rate first, then by method
+        label, lr = runs.get(run, (run, None))
+        return -float(lr or 0), label.casefold()
+
+    for run in sorted({r["run"] for r in rows}, key=order):
+        gold = [r for r in rows if r["run"] == run and r["measure"] == "gold_nll"]
+        kl = [r for r in rows if r["run"] == run and r["measure"] == "kl"]
+        if not gold:
+            continue
+        label, lr = runs.get(run, (run, None))
+        row = {"run": run, "method": label, "lr": f"{lr:g}" if lr is not None else "—"}
+        row |= {f"step {r['step']}": f"{r['estimate']:+.3f}" for r in gold[:-1]}
+        last = gold[-1]
+        row[f"step {last['step']} [95% CI]"] = f"{last['estimate']:+.3f} [{last['ci_low']:+.3f}, {last['ci_high']:+.3f}]"
+        row["KL drift, first → last step"] = f"{kl[0]['estimate']:.3f} → {kl[-1]['estimate']:.3f}" if kl else "—"
+        out.append(row)
+    return out

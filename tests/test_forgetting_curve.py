@@ -59,3 +59,7 @@ def test_curve_rows_and_where_forgetting_first_shows(tmp_path):
     assert line.startswith("sft-gt: first above zero at step 10; at step 20 +0.400")
     assert forgetting_curve.split_label("sft-stm@step40", {}) == ("sft-stm", 40)
     assert forgetting_curve.split_label("Original", {"sft-gt": 20}) is None
+    (row,) = forgetting_curve.summary(rows, {"sft-gt": ("ground truth", 1e-3)})
+    assert row == {"run": "sft-gt", "method": "ground truth", "lr": "0.001", "step 5": "+0.000", "step 10": "+0.100",
+                   "step 20 [95% CI]": row["step 20 [95% CI]"], "KL drift, first → last step": "0.019 → 0.209"}  # mean of per-prompt KL
+    assert row["step 20 [95% CI]"].startswith("+0.400 [")

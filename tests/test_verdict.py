@@ -96,6 +96,13 @@ def test_readme_quotes_the_computed_verdict_table(tmp_path):
     report.update_readme(readme, root)
     text = readme.read_text()
     assert "| 1 | holds |" in text and "old\n" not in text and text.endswith("tail\n") and "old map" not in text
+    # another profile's report rewrites only its own blocks: the curve, not the default's verdict or paper map
+    readme.write_text(text + f"{report.CURVE_START}\nold curve\n{report.CURVE_END}\n")
+    (root / "tables" / "forgetting_curve_summary.md").write_text("| run | step 5 |\n|---|---|\n| sft-gt | +0.01 |\n")
+    (root / "tables" / "verdict.md").write_text("| claim | verdict |\n|---|---|\n| 1 | contradicted |\n")
+    report.update_readme(readme, root, "cpu-curve")
+    text = readme.read_text()
+    assert "| sft-gt | +0.01 |" in text and "old curve" not in text and "| 1 | holds |" in text
 
 
 def test_kl_is_a_distance_from_the_base_whose_own_kl_is_zero():

@@ -11,6 +11,8 @@ Section per output, render.py writes REPORT.md and readme.py the README's genera
 
 from .build import build_report, build_sections
 from .readme import (
+                     CURVE_END,
+                     CURVE_START,
                      MAP_END,
                      MAP_START,
                      SIBLINGS_END,
@@ -24,5 +26,5 @@ from .render import write_report
 from .runs import Context
 from .section import Section
 
-__all__ = ["MAP_END", "MAP_START", "SIBLINGS_END", "SIBLINGS_START", "VERDICT_END", "VERDICT_START", "Context",
+__all__ = ["CURVE_END", "CURVE_START", "MAP_END", "MAP_START", "SIBLINGS_END", "SIBLINGS_START", "VERDICT_END", "VERDICT_START", "Context",
            "Section", "build_report", "build_sections", "paper_map", "update_readme", "write_report"]

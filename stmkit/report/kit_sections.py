@@ -25,6 +25,11 @@ def forgetting_curve_markdown(ctx: Context) -> str:
         return f"## Where forgetting appears\n\nNot computed: `{type(exc).__name__}: {exc}`."
     table = pd.DataFrame(rows)
     save_table(table, "forgetting_curve", ctx.tables_dir, "Measures over training steps (profile cpu-curve).")
+    runs = {name: (report_verdict.arm_of(info) or info["label"], info["learning_rate"])
+            for name, info in sft_runs(ctx).items()}
+    save_table(pd.DataFrame(forgetting_curve.summary(rows, runs)), "forgetting_curve_summary", ctx.tables_dir,
+               "Gold-answer NLL rise over the base on the non-target items, per training step (one seed; 95% "
+               "interval over items), and KL drift from the base.")
     fig = curve_figure(rows, "Where forgetting appears (one seed; 95% intervals over items)")
     files = [str(p.relative_to(ctx.root)) for p in save_figure(fig, "forgetting_curve", ctx.figures_dir)]
     plt.close(fig)

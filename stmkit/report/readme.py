@@ -1,4 +1,5 @@
-"""README.md's generated blocks, between their markers: the paper map, and the verdict and siblings tables."""
+"""README.md's generated blocks, between their markers: the paper map, the verdict and siblings tables (cpu-demo) and
+the forgetting curve (cpu-curve)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ def paper_map(root: Path, profile: str = "cpu-demo") -> str:
 
 VERDICT_START, VERDICT_END = "<!-- verdict:start -->", "<!-- verdict:end -->"
 SIBLINGS_START, SIBLINGS_END = "<!-- siblings:start -->", "<!-- siblings:end -->"
+CURVE_START, CURVE_END = "<!-- forgetting-curve:start -->", "<!-- forgetting-curve:end -->"
+# README's generated tables: (markers, the profile whose report makes it, its table under results/<profile>/tables)
+BLOCKS = (((VERDICT_START, VERDICT_END), "cpu-demo", "verdict"), ((SIBLINGS_START, SIBLINGS_END), "cpu-demo", "siblings"),
+          ((CURVE_START, CURVE_END), "cpu-curve", "forgetting_curve_summary"))
 
 
 def _between(text: str, start: str, end: str, body: str, where: Path) -> str:
@@ -60,13 +65,13 @@ def _between(text: str, start: str, end: str, body: str, where: Path) -> str:
 
 
 def update_readme(readme: Path, root: Path, profile: str = "cpu-demo", paper_map_too: bool = True) -> None:
-    """Rewrite the paper map, and the verdict and siblings tables where README.md has their markers, from the
+    """Rewrite the paper map, and the profile's tables (BLOCKS) where README.md has their markers, from the
     recorded runs. paper_map_too=False leaves the map (and its cold wall times) alone: after a warm or partial run."""
     text = readme.read_text()
-    if paper_map_too:
+    if paper_map_too and profile == "cpu-demo":  # the map quotes the default's wall times
         text = _between(text, MAP_START, MAP_END, paper_map(root, profile), readme)
-    for start, end, name in ((VERDICT_START, VERDICT_END, "verdict"), (SIBLINGS_START, SIBLINGS_END, "siblings")):
+    for (start, end), block_profile, name in BLOCKS:
         table_md = Path(root) / "tables" / f"{name}.md"
-        if start in text and table_md.is_file():
+        if block_profile == profile and start in text and table_md.is_file():
             text = _between(text, start, end, table_md.read_text().strip(), readme)
     atomic_write_text(readme, text)
