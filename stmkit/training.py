@@ -52,7 +52,6 @@ from .progress import bar as progress_bar
 # TrainResult and RESULT_FILE (curves, the report) should not pay their seconds of import time.
 
 TRAINING_VERSION = 1
-IGNORE = lm.IGNORE
 RESULT_FILE = "train_result.json"
 
 
@@ -109,7 +108,7 @@ def check_dataset(ds: Any, name: str = "train_dataset") -> dict[str, int]:
                 "masking.fully_masked='keep_eos' (keeps the end-of-turn token trainable) or 'drop' (removes and "
                 "counts it) before training"
             )
-        bad = next((t for t, (a, b) in enumerate(zip(ids, labels, strict=True)) if b != IGNORE and a != b), None)
+        bad = next((t for t, (a, b) in enumerate(zip(ids, labels, strict=True)) if b != lm.IGNORE and a != b), None)
         if bad is not None:
             raise TrainingDataError(
                 f"{where}: label {labels[bad]} at position {bad} differs from the input token {ids[bad]}; labels "
@@ -127,7 +126,7 @@ def dataset_fingerprint(ds: Any) -> str:
 
 def counts_trained(labels: Sequence[int]) -> int:
     """Trained (predicted) tokens of one row: labels after the first position that are not -100."""
-    return sum(1 for lab in labels[1:] if lab != IGNORE)
+    return sum(1 for lab in labels[1:] if lab != lm.IGNORE)
 
 
 
@@ -477,7 +476,7 @@ def _trained_batches(ds: Any, batch_size: int, device: Any, desc: str = "", prog
     for start in progress_bar(range(0, len(rows), batch_size), desc=desc, disable=not progress):
         chunk = rows[start : start + batch_size]
         ids, mask = lm.pad([r[0] for r in chunk], 0)
-        labels, _ = lm.pad([r[1] for r in chunk], IGNORE)
+        labels, _ = lm.pad([r[1] for r in chunk], lm.IGNORE)
         keep, _ = lm.trained_positions(labels)
         yield ids.to(device), mask.to(device), labels.to(device), keep.to(device)
 

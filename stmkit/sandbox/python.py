@@ -82,28 +82,14 @@ def run_python(
     """
     if not isinstance(code, str):
         raise TypeError(f"code must be a str, got {type(code).__name__}")
-    return process.execute(code, **_code_limits(timeout_s, cpu_s, memory_mb, max_output_bytes, stdin, max_processes,
-                                                max_file_mb, scratch_mb))
+    return _execute(code, timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb, max_output_bytes=max_output_bytes,
+                    stdin=stdin, max_processes=max_processes, max_file_mb=max_file_mb, scratch_mb=scratch_mb)
 
 
-def _code_limits(
-    timeout_s: float, cpu_s: float | None, memory_mb: int, max_output_bytes: int, stdin: str, max_processes: int,
-    max_file_mb: int, scratch_mb: int,
-) -> dict[str, Any]:
-    """process.execute's keyword arguments for model-written code: nobody's interpreter, dropped privileges, scratch."""
-    return {
-        "interpreter": _code_interpreter(True),
-        "flags": _PY_FLAGS,
-        "drop_privileges": True,
-        "timeout_s": timeout_s,
-        "cpu_s": cpu_s,
-        "memory_mb": memory_mb,
-        "max_output_bytes": max_output_bytes,
-        "stdin": stdin,
-        "max_processes": max_processes,
-        "max_file_mb": max_file_mb,
-        "scratch_mb": scratch_mb,
-    }
+def _execute(payload: Any, **limits: Any) -> SandboxResult:
+    """process.execute for model-written code: nobody's interpreter, dropped privileges, the caller's limits."""
+    return process.execute(payload, interpreter=_code_interpreter(True), flags=_PY_FLAGS, drop_privileges=True,
+                           **limits)
 
 
 def run_many(codes: list[str], *, workers: int = 2, **kw: Any) -> list[SandboxResult]:
@@ -158,8 +144,8 @@ def check_program(
     if isinstance(tests, str) or not all(isinstance(t, str) for t in tests):
         raise TypeError("tests must be a list of str (one test statement each)")
     check = Check(setup=setup, code=code, tests=tuple(tests))
-    return process.execute(check, **_code_limits(timeout_s, cpu_s, memory_mb, max_output_bytes, stdin,
-                                                 max_processes, max_file_mb, scratch_mb))
+    return _execute(check, timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb, max_output_bytes=max_output_bytes,
+                    stdin=stdin, max_processes=max_processes, max_file_mb=max_file_mb, scratch_mb=scratch_mb)
 
 
 def isolation_report() -> dict[str, Any]:
